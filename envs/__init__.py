@@ -1,0 +1,106 @@
+"""Environments behind one name: `envs.make("brax/ant")`, `envs.make("playground/CartpoleBalance")`,
+`envs.make("builtin/cartpole_balance")`.
+
+Every environment comes back as an `envs.Environment`: one unbatched `reset(key)` and
+`step(state, action)` with time limit, action repeat and auto-reset inside, terminations
+and truncations kept apart, and the final observation before a reset kept for bootstrapping.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from envs.base import CoreEnv, Environment, EnvState
+from envs.builtin import TASKS
+
+__all__ = ["CoreEnv", "Environment", "EnvState", "available", "make"]
+
+SOURCES = ("brax", "playground", "builtin")
+
+
+@functools.cache
+def _brax_names() -> tuple[str, ...]:
+  from brax import envs as brax_envs
+
+  return tuple(sorted(brax_envs._envs))  # Brax keeps its registry in this dict.
+
+
+@functools.cache
+def _playground_names() -> tuple[str, ...]:
+  # Only the DM Control Suite ships its models; the other Playground suites download
+  # MuJoCo Menagerie at first use, which this project never does.
+  from mujoco_playground import registry
+
+  return tuple(registry.dm_control_suite.ALL_ENVS)
+
+
+def available() -> list[str]:
+  """All names `make` accepts."""
+  return (
+    [f"builtin/{n}" for n in sorted(TASKS)]
+    + [f"brax/{n}" for n in _brax_names()]
+    + [f"playground/{n}" for n in _playground_names()]
+  )
+
+
+def make(
+  name: str,
+  *,
+  episode_length: int | None = None,
+  action_repeat: int = 1,
+  backend: str | None = None,
+  **kwargs,
+) -> Environment:
+  """Makes an environment by name.
+
+  Args:
+    name: "<source>/<env>", source one of "builtin", "brax", "playground".
+    episode_length: time limit in simulator steps; the source's default when None
+      (1000 for Brax and Playground, the task's own for built-ins).
+    action_repeat: times each action is applied.
+    backend: Brax physics pipeline ("mjx", "generalized", "positional", "spring") or the
+      Playground implementation ("jax", "warp"); the source's CPU-friendly default when None.
+    **kwargs: passed to the source's constructor (Brax env kwargs, Playground config overrides).
+
+  Raises:
+    ValueError: unknown source or name (the message lists what is available), or a
+      backend given for a source that has none.
+  """
+  source, _, env_name = name.partition("/")
+  if source not in SOURCES or not env_name:
+    raise ValueError(
+      f"env {name!r} must be '<source>/<name>' with source one of {SOURCES}; available: "
+      + ", ".join(available())
+    )
+  if source == "builtin":
+    if env_name not in TASKS:
+      raise ValueError(f"unknown env {name!r}; built-in tasks: {sorted(TASKS)}")
+    if backend is not None:
+      raise ValueError(f"backend ({backend!r}) applies to brax/ and playground/ envs only")
+    core = TASKS[env_name](**kwargs)
+    length, solved = core.default_episode_length, core.solved_threshold
+  elif source == "brax":
+    if env_name not in _brax_names():
+      raise ValueError(f"unknown env {name!r}; Brax envs: {list(_brax_names())}")
+    from brax import envs as brax_envs
+
+    core = brax_envs.get_environment(env_name, backend=backend or "generalized", **kwargs)
+    length, solved = 1000, None
+  else:
+    if env_name not in _playground_names():
+      raise ValueError(
+        f"unknown env {name!r}; Playground envs available offline (DM Control Suite): "
+        f"{list(_playground_names())}"
+      )
+    from mujoco_playground import registry
+
+    overrides = {"impl": backend or "jax", **kwargs}
+    core = registry.load(env_name, config_overrides=overrides)
+    length, solved = int(registry.get_default_config(env_name).episode_length), None
+  return Environment(
+    core=core,
+    name=name,
+    episode_length=episode_length or length,
+    action_repeat=action_repeat,
+    solved_threshold=solved,
+  )

@@ -1,0 +1,186 @@
+"""One environment interface for every source: time limit, action repeat and auto-reset.
+
+A *core* environment (a Brax env, a MuJoCo Playground env or a built-in task) has
+`reset(key) -> s` and `step(s, action) -> s`, where `s` carries `obs`, `reward`,
+`done` (a termination: the episode ended by failure or success) and `metrics`.
+`Environment` wraps it so that, inside one jitted step, it
+
+* repeats each action `action_repeat` times, summing rewards,
+* cuts episodes at `episode_length` (a truncation, kept apart from terminations),
+* resets finished episodes with a fresh key, and
+* keeps the true observation reached before the reset (`final_obs`), so that the value
+  of a truncated episode can be bootstrapped from it.
+
+All functions act on one unbatched environment; the trainer vmaps them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+class CoreEnv(Protocol):
+  """What a source environment must offer (Brax and Playground envs already do)."""
+
+  observation_size: int
+  action_size: int
+
+  def reset(self, key: jax.Array) -> Any: ...
+
+  def step(self, state: Any, action: jax.Array) -> Any: ...
+
+
+@struct.dataclass
+class EnvState:
+  """State of one wrapped environment.
+
+  Attributes:
+    obs: [obs_size] observation to act on next (already reset if the episode ended).
+    reward: [] reward of the last step (summed over the action repeat).
+    termination: [] 1.0 if the last step ended the episode through the task (a fall).
+    truncation: [] 1.0 if the last step hit the time limit without a termination.
+    final_obs: [obs_size] observation the last step reached, before any reset.
+    metrics: per-step metrics the source env reports (e.g. reward terms).
+    steps: [] agent steps taken in the current episode.
+    episode_return: [] undiscounted return of the current episode so far.
+    key: RNG key used for the next reset.
+    core: the source environment's own state.
+  """
+
+  obs: jax.Array
+  reward: jax.Array
+  termination: jax.Array
+  truncation: jax.Array
+  final_obs: jax.Array
+  metrics: dict[str, jax.Array]
+  steps: jax.Array
+  episode_return: jax.Array
+  key: jax.Array
+  core: Any
+
+  @property
+  def done(self) -> jax.Array:
+    """[] 1.0 where the last step ended the episode (termination or truncation)."""
+    return jnp.maximum(self.termination, self.truncation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Environment:
+  """A core environment with time limit, action repeat and auto-reset.
+
+  Attributes:
+    core: the source environment.
+    name: the name it was made under, e.g. "brax/inverted_pendulum".
+    episode_length: time limit in simulator steps (as in Brax: counts action repeats).
+    action_repeat: how many times each action is applied.
+    solved_threshold: episode return at which the task counts as solved, if known.
+  """
+
+  core: CoreEnv
+  name: str
+  episode_length: int
+  action_repeat: int = 1
+  solved_threshold: float | None = None
+
+  def __post_init__(self):
+    if self.episode_length < 1:
+      raise ValueError(f"episode_length ({self.episode_length}) must be >= 1")
+    if self.action_repeat < 1:
+      raise ValueError(f"action_repeat ({self.action_repeat}) must be >= 1")
+    if self.episode_length % self.action_repeat:
+      raise ValueError(
+        f"episode_length ({self.episode_length}) must be divisible by action_repeat "
+        f"({self.action_repeat})"
+      )
+
+  @property
+  def observation_size(self) -> int:
+    return int(self.core.observation_size)
+
+  @property
+  def action_size(self) -> int:
+    return int(self.core.action_size)
+
+  @property
+  def max_episode_steps(self) -> int:
+    """Agent steps in an episode that reaches the time limit."""
+    return self.episode_length // self.action_repeat
+
+  def reset(self, key: jax.Array) -> EnvState:
+    key, core_key = jax.random.split(key)
+    core = self.core.reset(core_key)
+    obs = _check_obs(core.obs, self.name)
+    zero = jnp.zeros((), jnp.float32)
+    return EnvState(
+      obs=obs,
+      reward=zero,
+      termination=zero,
+      truncation=zero,
+      final_obs=obs,
+      metrics=dict(core.metrics),
+      steps=jnp.zeros((), jnp.int32),
+      episode_return=zero,
+      key=key,
+      core=core,
+    )
+
+  def step(self, state: EnvState, action: jax.Array) -> EnvState:
+    """Applies `action`, then resets the episode if it ended."""
+    core, reward, termination = self._repeat(state.core, action)
+    steps = state.steps + 1
+    truncation = jnp.where(
+      (steps >= self.max_episode_steps) & (termination == 0), 1.0, 0.0
+    ).astype(jnp.float32)
+    final_obs = _check_obs(core.obs, self.name)
+    done = jnp.maximum(termination, truncation) > 0
+
+    key, reset_key = jax.random.split(state.key)
+    fresh = self.core.reset(reset_key)
+    core = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, core)
+    return EnvState(
+      obs=core.obs,
+      reward=reward,
+      termination=termination,
+      truncation=truncation,
+      final_obs=final_obs,
+      metrics=dict(core.metrics),
+      steps=jnp.where(done, 0, steps),
+      episode_return=jnp.where(done, 0.0, state.episode_return + reward),
+      key=key,
+      core=core,
+    )
+
+  def _repeat(self, core: Any, action: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+    """Steps the core env `action_repeat` times; stops accumulating once it terminates."""
+
+    def one(carry, _):
+      core, reward, termination = carry
+      stepped = self.core.step(core, action)
+      alive = termination == 0
+      core = jax.tree.map(lambda new, old: jnp.where(alive, new, old), stepped, core)
+      reward = reward + jnp.where(alive, stepped.reward, 0.0)
+      termination = jnp.where(alive, stepped.done, termination)
+      return (core, reward, termination.astype(jnp.float32)), None
+
+    zero = jnp.zeros((), jnp.float32)
+    if self.action_repeat == 1:
+      stepped = self.core.step(core, action)
+      return stepped, stepped.reward.astype(jnp.float32), stepped.done.astype(jnp.float32)
+    (core, reward, termination), _ = jax.lax.scan(
+      one, (core, zero, zero), None, length=self.action_repeat
+    )
+    return core, reward, termination
+
+
+def _check_obs(obs: Any, name: str) -> jax.Array:
+  if not isinstance(obs, jax.Array) or obs.ndim != 1:
+    raise ValueError(
+      f"environment {name!r} must return a flat observation vector; got "
+      f"{jax.tree.map(lambda x: getattr(x, 'shape', type(x)), obs)}"
+    )
+  return obs.astype(jnp.float32)

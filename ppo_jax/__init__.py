@@ -1,0 +1,7 @@
+"""ppo_jax: massively parallel PPO for embodied control, with on-device trust-region diagnostics."""
+
+from ppo_jax.config import PPOConfig
+from ppo_jax.train import TrainResult, make_policy, make_train_chunk, make_train_step, train
+
+__all__ = ["PPOConfig", "TrainResult", "make_policy", "make_train_chunk", "make_train_step", "train"]
+__version__ = "0.1.0"

@@ -1,0 +1,269 @@
+"""PPOConfig: every hyperparameter of a run, checked before anything compiles.
+
+Fields that Brax's `ppo.train` also has keep Brax's name and meaning, so a Brax or MuJoCo
+Playground config ports by copying its keyword arguments. In particular one training
+iteration collects `batch_size * num_minibatches` trajectory segments of `unroll_length`
+steps (`batch_size * num_minibatches / num_envs` segments per env, one after the other),
+then makes `num_updates_per_batch` epochs of `num_minibatches` minibatch updates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+
+SCHEDULES = ("constant", "linear", "adaptive_kl")
+ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")
+ACTION_STD_TYPES = ("parameter", "network")
+ENV_SOURCES = ("brax", "playground", "builtin")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+  """Hyperparameters of one PPO run. Defaults train brax inverted_pendulum with Brax's settings.
+
+  Attributes:
+    env: environment name, "<source>/<name>" (see `envs.available()`).
+    env_backend: Brax physics pipeline or Playground implementation; None for the default.
+    num_timesteps: environment steps to train for (rounded up to whole chunks of iterations).
+    num_envs: environments stepped in parallel.
+    episode_length: time limit in simulator steps (counts action repeats, as in Brax).
+    action_repeat: times each action is applied.
+    unroll_length: steps per trajectory segment; GAE bootstraps at each segment's end.
+    batch_size: trajectory segments per minibatch.
+    num_minibatches: minibatches per epoch.
+    num_updates_per_batch: epochs over each iteration's data.
+    learning_rate: Adam step size (the initial one for "linear" and "adaptive_kl").
+    learning_rate_schedule: "constant", "linear" (to zero at the end of training) or
+      "adaptive_kl" (rsl_rl's rule, see `desired_kl`).
+    desired_kl: KL the "adaptive_kl" schedule steers to: after each minibatch the rate is
+      divided by 1.5 when the exact KL > 2 * desired_kl and multiplied by 1.5 when it is
+      < desired_kl / 2, clamped to [min_learning_rate, max_learning_rate].
+    min_learning_rate: lower clamp of the adaptive rate.
+    max_learning_rate: upper clamp of the adaptive rate.
+    target_kl: early stop; None disables it. When a minibatch's approx KL (k3, measured before
+      its update) exceeds `target_kl_factor * target_kl`, that update and every remaining
+      minibatch update of the iteration are skipped.
+    target_kl_factor: the tolerance factor of the early stop (1.5, as in Stable-Baselines3).
+    entropy_cost: weight of the entropy bonus.
+    discounting: discount factor gamma, in (0, 1].
+    gae_lambda: GAE lambda, in [0, 1].
+    clipping_epsilon: PPO ratio clip epsilon.
+    clipping_epsilon_value: clip of the value update around the rollout's values; None
+      disables value clipping.
+    value_loss_coef: weight of the value loss 0.5 * (V - target)^2.
+    normalize_advantage: standardize advantages per minibatch.
+    reward_scaling: rewards are multiplied by this before GAE.
+    normalize_observations: running mean/std normalization of observations (Welford).
+    max_grad_norm: global-norm gradient clip; None disables it.
+    policy_hidden_layer_sizes: hidden layers of the policy MLP.
+    value_hidden_layer_sizes: hidden layers of the value MLP.
+    activation: hidden activation of both MLPs.
+    action_std_type: "parameter" (a state-independent learned log-std) or "network"
+      (a second head of the policy MLP).
+    init_action_std: initial action standard deviation.
+    min_action_std: floor added to the action std (keeps the policy stochastic).
+    num_evals: evaluations over training (one at the start, as in Brax); training runs in
+      `num_evals - 1` chunks of iterations, one host call each.
+    num_eval_envs: environments per evaluation; each runs one full episode.
+    deterministic_eval: evaluate the mean action instead of sampling.
+    seed: PRNG seed.
+  """
+
+  env: str = "brax/inverted_pendulum"
+  env_backend: str | None = None
+  num_timesteps: int = 2_000_000
+  num_envs: int = 1024
+  episode_length: int = 1000
+  action_repeat: int = 1
+  unroll_length: int = 5
+  batch_size: int = 1024
+  num_minibatches: int = 32
+  num_updates_per_batch: int = 4
+  learning_rate: float = 3e-4
+  learning_rate_schedule: str = "constant"
+  desired_kl: float = 0.01
+  min_learning_rate: float = 1e-5
+  max_learning_rate: float = 1e-2
+  target_kl: float | None = None
+  target_kl_factor: float = 1.5
+  entropy_cost: float = 1e-2
+  discounting: float = 0.97
+  gae_lambda: float = 0.95
+  clipping_epsilon: float = 0.3
+  clipping_epsilon_value: float | None = None
+  value_loss_coef: float = 0.5
+  normalize_advantage: bool = True
+  reward_scaling: float = 10.0
+  normalize_observations: bool = True
+  max_grad_norm: float | None = None
+  policy_hidden_layer_sizes: tuple[int, ...] = (32, 32, 32, 32)
+  value_hidden_layer_sizes: tuple[int, ...] = (256, 256, 256, 256, 256)
+  activation: str = "swish"
+  action_std_type: str = "parameter"
+  init_action_std: float = 1.0
+  min_action_std: float = 1e-3
+  num_evals: int = 20
+  num_eval_envs: int = 128
+  deterministic_eval: bool = True
+  seed: int = 0
+
+  def __post_init__(self):
+    for name in ("policy_hidden_layer_sizes", "value_hidden_layer_sizes"):
+      value = getattr(self, name)
+      if isinstance(value, list):  # a list from JSON or a CLI: store the hashable form
+        object.__setattr__(self, name, tuple(value))
+    _check_types(self)
+    _check_values(self)
+
+  # Derived sizes.
+  @property
+  def num_segments(self) -> int:
+    """Trajectory segments of `unroll_length` collected per iteration."""
+    return self.batch_size * self.num_minibatches
+
+  @property
+  def unrolls_per_iteration(self) -> int:
+    """Sequential unrolls of all `num_envs` environments per iteration."""
+    return self.num_segments // self.num_envs
+
+  @property
+  def minibatch_size(self) -> int:
+    """Samples (single transitions) per minibatch update."""
+    return self.batch_size * self.unroll_length
+
+  @property
+  def env_steps_per_iteration(self) -> int:
+    """Simulator steps per iteration (counting action repeats, as Brax does)."""
+    return self.num_segments * self.unroll_length * self.action_repeat
+
+  @property
+  def num_chunks(self) -> int:
+    """Host calls of the compiled training loop; an evaluation follows each."""
+    return max(self.num_evals - 1, 1)
+
+  @property
+  def iterations_per_chunk(self) -> int:
+    needed = math.ceil(self.num_timesteps / self.env_steps_per_iteration)
+    return max(1, math.ceil(needed / self.num_chunks))
+
+  @property
+  def num_iterations(self) -> int:
+    return self.iterations_per_chunk * self.num_chunks
+
+  @property
+  def total_env_steps(self) -> int:
+    """Environment steps the run will actually take (num_timesteps rounded up)."""
+    return self.num_iterations * self.env_steps_per_iteration
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+# Field -> (accepted kinds, description for the error message).
+_INT = ((numbers.Integral,), "an int")
+_FLOAT = ((numbers.Real,), "a number")
+_BOOL = ((bool,), "a bool")
+_STR = ((str,), "a string")
+
+
+def _field_kind(field: dataclasses.Field):
+  kinds = {
+    "int": _INT,
+    "float": _FLOAT,
+    "bool": _BOOL,
+    "str": _STR,
+    "str | None": _STR,
+    "float | None": _FLOAT,
+    "tuple[int, ...]": ((tuple,), "a tuple of ints"),
+  }
+  return kinds[field.type], field.type.endswith("| None")
+
+
+def _check_types(cfg: PPOConfig) -> None:
+  for field in dataclasses.fields(cfg):
+    value = getattr(cfg, field.name)
+    (kinds, description), optional = _field_kind(field)
+    if value is None and optional:
+      continue
+    is_bool = isinstance(value, bool)
+    ok = isinstance(value, kinds) and (is_bool == (kinds == (bool,)))
+    if ok and isinstance(value, tuple):
+      ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+    if ok and isinstance(value, numbers.Real) and not math.isfinite(value):
+      ok = False
+    if not ok:
+      none = " or None" if optional else ""
+      raise ValueError(
+        f"{field.name} must be {description}{none} (finite), got {value!r} "
+        f"of type {type(value).__name__}"
+      )
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ValueError(message)
+
+
+def _check_values(c: PPOConfig) -> None:
+  source, _, name = c.env.partition("/")
+  _require(
+    source in ENV_SOURCES and bool(name),
+    f"env ({c.env!r}) must be '<source>/<name>' with source one of {ENV_SOURCES}",
+  )
+  for field in (
+    "num_timesteps",
+    "num_envs",
+    "episode_length",
+    "action_repeat",
+    "unroll_length",
+    "batch_size",
+    "num_minibatches",
+    "num_updates_per_batch",
+    "num_evals",
+    "num_eval_envs",
+  ):
+    value = getattr(c, field)
+    _require(value >= 1, f"{field} ({value}) must be >= 1")
+  _require(c.seed >= 0, f"seed ({c.seed}) must be >= 0")
+  _require(
+    c.num_segments % c.num_envs == 0,
+    f"batch_size * num_minibatches ({c.batch_size} * {c.num_minibatches} = {c.num_segments}) "
+    f"must be divisible by num_envs ({c.num_envs}): each iteration runs whole unrolls of all envs",
+  )
+  _require(
+    c.episode_length % c.action_repeat == 0,
+    f"episode_length ({c.episode_length}) must be divisible by action_repeat ({c.action_repeat})",
+  )
+  for field in ("learning_rate", "clipping_epsilon", "desired_kl", "min_learning_rate",
+                "max_learning_rate", "reward_scaling", "init_action_std", "target_kl_factor"):
+    value = getattr(c, field)
+    _require(value > 0, f"{field} ({value}) must be > 0")
+  for field in ("target_kl", "clipping_epsilon_value", "max_grad_norm"):
+    value = getattr(c, field)
+    _require(value is None or value > 0, f"{field} ({value}) must be > 0 or None")
+  for field in ("entropy_cost", "value_loss_coef", "min_action_std"):
+    value = getattr(c, field)
+    _require(value >= 0, f"{field} ({value}) must be >= 0")
+  _require(0 < c.discounting <= 1, f"discounting ({c.discounting}) must be in (0, 1]")
+  _require(0 <= c.gae_lambda <= 1, f"gae_lambda ({c.gae_lambda}) must be in [0, 1]")
+  _require(
+    c.min_learning_rate <= c.learning_rate <= c.max_learning_rate
+    or c.learning_rate_schedule != "adaptive_kl",
+    f"learning_rate ({c.learning_rate}) must lie in [min_learning_rate, max_learning_rate] "
+    f"([{c.min_learning_rate}, {c.max_learning_rate}]) with learning_rate_schedule='adaptive_kl'",
+  )
+  for field, allowed in (
+    ("learning_rate_schedule", SCHEDULES),
+    ("activation", ACTIVATIONS),
+    ("action_std_type", ACTION_STD_TYPES),
+  ):
+    value = getattr(c, field)
+    _require(value in allowed, f"{field} ({value!r}) must be one of {allowed}")
+  for field in ("policy_hidden_layer_sizes", "value_hidden_layer_sizes"):
+    value = getattr(c, field)
+    _require(
+      len(value) >= 1 and all(v >= 1 for v in value),
+      f"{field} ({value}) must be a non-empty tuple of positive ints",
+    )

@@ -1,0 +1,405 @@
+"""The training step (pure, jittable) and `train(config)`, the host loop around it.
+
+One call of the compiled chunk runs `iterations_per_chunk` whole iterations on the device:
+
+  rollout (scan over unrolls x unroll_length of the vmapped env step and policy sampling)
+  -> values and GAE, once per rollout
+  -> num_updates_per_batch epochs x num_minibatches minibatch updates (scanned), with the
+     target-KL early stop and the adaptive learning rate decided on the device
+  -> metrics reduced on the device.
+
+The host fetches the stacked metrics once per chunk, then evaluates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import envs
+from ppo_jax import normalization
+from ppo_jax.config import PPOConfig
+from ppo_jax.gae import compute_gae
+from ppo_jax.losses import LossMetrics, make_loss
+from ppo_jax.networks import ActorCritic, make_actor_critic
+from ppo_jax.rollout import EpisodeStats, evaluate, unroll
+from ppo_jax.types import ActorCriticParams, Batch, TrainState, Transition
+
+Metrics = dict[str, jax.Array]
+
+# Diagnostics reported per epoch ([num_updates_per_batch]) and as an iteration mean.
+EPOCH_METRICS = LossMetrics._fields + ("grad_norm", "learning_rate")
+
+
+class UpdateMetrics(NamedTuple):
+  """One minibatch update: the loss metrics before it, and what the update did."""
+
+  loss: LossMetrics
+  grad_norm: jax.Array
+  learning_rate: jax.Array
+  applied: jax.Array
+
+
+def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
+  """Adam's direction, after optional global-norm clipping; the step size is applied apart,
+  because it is a traced value that the schedules move."""
+  clip = [optax.clip_by_global_norm(cfg.max_grad_norm)] if cfg.max_grad_norm else []
+  return optax.chain(*clip, optax.scale_by_adam())
+
+
+def init_state(cfg: PPOConfig, env: envs.Environment, networks: ActorCritic) -> TrainState:
+  """Fresh train state for `cfg.seed`; everything on the device."""
+  key = jax.random.PRNGKey(cfg.seed)
+  key, params_key, env_key = jax.random.split(key, 3)
+  params = networks.init(params_key)
+  env_state = jax.jit(jax.vmap(env.reset))(jax.random.split(env_key, cfg.num_envs))
+  state = TrainState(
+    params=params,
+    opt_state=make_optimizer(cfg).init(params),
+    normalizer=normalization.init(env.observation_size),
+    learning_rate=jnp.asarray(cfg.learning_rate, jnp.float32),
+    env_state=env_state,
+    key=key,
+    iteration=jnp.zeros((), jnp.int32),
+  )
+  # One buffer per leaf (reset returns obs and final_obs as one), so the state can be donated.
+  return jax.tree.map(jnp.copy, state)
+
+
+def scheduled_learning_rate(cfg: PPOConfig, state: TrainState) -> jax.Array:
+  """Learning rate for this iteration's first update."""
+  if cfg.learning_rate_schedule == "linear":
+    progress = state.iteration.astype(jnp.float32) / cfg.num_iterations
+    return jnp.asarray(cfg.learning_rate, jnp.float32) * (1.0 - progress)
+  # "constant" keeps cfg.learning_rate; "adaptive_kl" carries its own value.
+  return state.learning_rate
+
+
+def adapt_learning_rate(cfg: PPOConfig, learning_rate: jax.Array, kl: jax.Array) -> jax.Array:
+  """rsl_rl's rule: / 1.5 above 2 * desired_kl, * 1.5 below desired_kl / 2, clamped."""
+  learning_rate = jnp.where(kl > 2.0 * cfg.desired_kl, learning_rate / 1.5, learning_rate)
+  learning_rate = jnp.where(kl < 0.5 * cfg.desired_kl, learning_rate * 1.5, learning_rate)
+  return jnp.clip(learning_rate, cfg.min_learning_rate, cfg.max_learning_rate)
+
+
+def make_train_step(
+  cfg: PPOConfig, env: envs.Environment, networks: ActorCritic
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+  """Returns the pure function of one training iteration: state -> (state, metrics)."""
+  loss_fn = make_loss(cfg, networks)
+  optimizer = make_optimizer(cfg)
+
+  def collect(state: TrainState, key: jax.Array):
+    """Unrolls all envs `unrolls_per_iteration` times: transitions [T, U * B, ...]."""
+
+    def one_unroll(env_state, unroll_key):
+      env_state, transitions, stats = unroll(
+        env, networks, state.params.policy, state.normalizer, env_state, unroll_key,
+        cfg.unroll_length,
+      )
+      return env_state, (transitions, stats)
+
+    env_state, (transitions, stats) = jax.lax.scan(
+      one_unroll, state.env_state, jax.random.split(key, cfg.unrolls_per_iteration)
+    )
+    # [U, T, B, ...] -> [T, U * B, ...]: every segment is a column of the GAE.
+    transitions = jax.tree.map(
+      lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]), transitions
+    )
+    stats = jax.tree.map(jnp.sum, stats)
+    return env_state, transitions, stats
+
+  def make_batch(state: TrainState, transitions: Transition) -> Batch:
+    """Values and GAE for the rollout, flattened to samples [T * N, ...]."""
+    values = networks.value(state.params.value, state.normalizer, transitions.obs)
+    next_values = networks.value(state.params.value, state.normalizer, transitions.next_obs)
+    advantages, targets = compute_gae(
+      transitions.reward * cfg.reward_scaling,
+      values,
+      next_values,
+      transitions.termination,
+      transitions.truncation,
+      cfg.discounting,
+      cfg.gae_lambda,
+    )
+    batch = Batch(
+      obs=transitions.obs,
+      action=transitions.action,
+      log_prob=transitions.log_prob,
+      mean=transitions.mean,
+      std=transitions.std,
+      value=values,
+      advantage=advantages,
+      target=targets,
+    )
+    return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+
+  def minibatch_update(carry, minibatch: Batch, normalizer):
+    params, opt_state, learning_rate, stopped = carry
+
+    def measure(params):
+      _, metrics = loss_fn(params, normalizer, minibatch)
+      return metrics, jax.tree.map(jnp.zeros_like, params)
+
+    def measure_and_differentiate(params):
+      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, normalizer, minibatch
+      )
+      return metrics, grads
+
+    # Once stopped, the minibatch is only measured: no gradient is computed.
+    metrics, grads = jax.lax.cond(stopped, measure, measure_and_differentiate, params)
+    if cfg.target_kl is not None:
+      stopped = stopped | (metrics.approx_kl > cfg.target_kl_factor * cfg.target_kl)
+    if cfg.learning_rate_schedule == "adaptive_kl":
+      learning_rate = jnp.where(
+        stopped, learning_rate, adapt_learning_rate(cfg, learning_rate, metrics.exact_kl)
+      )
+
+    def apply(params, opt_state):
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      params = jax.tree.map(lambda p, u: p - learning_rate * u, params, updates)
+      return params, opt_state
+
+    params, opt_state = jax.lax.cond(
+      stopped, lambda p, o: (p, o), apply, params, opt_state
+    )
+    update_metrics = UpdateMetrics(
+      loss=metrics,
+      grad_norm=optax.global_norm(grads),
+      learning_rate=learning_rate,
+      applied=~stopped,
+    )
+    return (params, opt_state, learning_rate, stopped), update_metrics
+
+  def epoch(carry, key, batch: Batch, normalizer):
+    order = jax.random.permutation(key, cfg.num_segments * cfg.unroll_length)
+    minibatches = jax.tree.map(
+      lambda x: x[order].reshape(cfg.num_minibatches, cfg.minibatch_size, *x.shape[1:]), batch
+    )
+    carry, updates = jax.lax.scan(
+      lambda c, mb: minibatch_update(c, mb, normalizer), carry, minibatches
+    )
+    return carry, updates
+
+  def reduce_epochs(updates: UpdateMetrics) -> Metrics:
+    """[E, M] minibatch metrics -> per-epoch [E] and iteration-mean scalars."""
+    applied = updates.applied.astype(jnp.float32)
+    per_epoch = {
+      name: jnp.mean(value, axis=1) for name, value in updates.loss._asdict().items()
+    }
+    per_epoch["action_std_min"] = jnp.min(updates.loss.action_std_min, axis=1)
+    # Gradient norms and rates of the updates that were applied (0 where none was).
+    per_epoch["grad_norm"] = jnp.sum(updates.grad_norm * applied, axis=1) / jnp.maximum(
+      jnp.sum(applied, axis=1), 1.0
+    )
+    per_epoch["learning_rate"] = updates.learning_rate[:, -1]
+    metrics = {f"{name}_per_epoch": value for name, value in per_epoch.items()}
+    metrics.update({name: jnp.mean(value) for name, value in per_epoch.items()})
+    metrics["action_std_min"] = jnp.min(per_epoch["action_std_min"])
+    metrics["learning_rate"] = per_epoch["learning_rate"][-1]
+    metrics["minibatch_updates_applied"] = jnp.sum(applied)
+    metrics["epochs_applied"] = jnp.sum(jnp.any(updates.applied, axis=1))
+    return metrics
+
+  def rollout_metrics(stats: EpisodeStats) -> Metrics:
+    episodes = stats.episodes
+    mean = lambda total: jnp.where(episodes > 0, total / jnp.maximum(episodes, 1.0), jnp.nan)  # noqa: E731
+    return {
+      "episode_return": mean(stats.return_sum),
+      "episode_length": mean(stats.length_sum),
+      "episodes": episodes,
+      "terminations": stats.terminations,
+      "truncations": stats.truncations,
+    }
+
+  def train_step(state: TrainState) -> tuple[TrainState, Metrics]:
+    key, rollout_key, sgd_key = jax.random.split(state.key, 3)
+    env_state, transitions, stats = collect(state, rollout_key)
+    batch = make_batch(state, transitions)
+
+    carry = (state.params, state.opt_state, scheduled_learning_rate(cfg, state), jnp.array(False))
+    (params, opt_state, learning_rate, _), updates = jax.lax.scan(
+      lambda c, k: epoch(c, k, batch, state.normalizer),
+      carry,
+      jax.random.split(sgd_key, cfg.num_updates_per_batch),
+    )
+    # The statistics change after the update, so that the rollout and the update of one
+    # iteration see the same normalization (the ratio starts at exactly 1).
+    normalizer = state.normalizer
+    if cfg.normalize_observations:
+      normalizer = normalization.update(normalizer, transitions.obs)
+
+    state = state.replace(
+      params=params,
+      opt_state=opt_state,
+      normalizer=normalizer,
+      learning_rate=learning_rate,
+      env_state=env_state,
+      key=key,
+      iteration=state.iteration + 1,
+    )
+    return state, {**reduce_epochs(updates), **rollout_metrics(stats)}
+
+  return train_step
+
+
+def make_train_chunk(
+  cfg: PPOConfig, env: envs.Environment, networks: ActorCritic
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+  """Scans `iterations_per_chunk` training steps: state -> (state, metrics [K, ...])."""
+  train_step = make_train_step(cfg, env, networks)
+
+  def chunk(state: TrainState) -> tuple[TrainState, Metrics]:
+    return jax.lax.scan(lambda s, _: train_step(s), state, None, length=cfg.iterations_per_chunk)
+
+  return chunk
+
+
+def make_evaluator(
+  cfg: PPOConfig, env: envs.Environment, networks: ActorCritic
+) -> Callable[[TrainState, jax.Array], dict[str, jax.Array]]:
+  """Returns evaluate(state, key) -> eval metrics of the current policy (one episode per env)."""
+
+  def run(state: TrainState, key: jax.Array) -> dict[str, jax.Array]:
+    metrics = evaluate(
+      env, networks, state.params.policy, state.normalizer, key, cfg.num_eval_envs,
+      cfg.deterministic_eval,
+    )
+    return {f"eval/{name}": value for name, value in metrics._asdict().items()}
+
+  return run
+
+
+def make_policy(
+  networks: ActorCritic, params: ActorCriticParams, normalizer, deterministic: bool = True
+) -> Callable[..., jax.Array]:
+  """A jittable policy(obs [..., obs_size], key=None) -> action in [-1, 1].
+
+  Without a key (or with deterministic=True) it returns the mean action.
+  """
+
+  def policy(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    mean, std = networks.policy(params.policy, normalizer, obs)
+    if key is None or deterministic:
+      return jnp.clip(mean, -1.0, 1.0)
+    return jnp.clip(mean + std * jax.random.normal(key, mean.shape), -1.0, 1.0)
+
+  return policy
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What `train` returns.
+
+  Attributes:
+    params: final network parameters.
+    normalizer: final observation statistics.
+    metrics: per-iteration numpy arrays; "<name>_per_epoch" ones are [iterations, epochs].
+    evals: per-evaluation numpy arrays ("env_steps", "eval/episode_return", ...).
+    policy: jittable deterministic policy(obs, key=None) -> action.
+    state: the final TrainState (on the device).
+    config: the config trained.
+    compile_seconds: time to compile the training chunk.
+    train_seconds: wall time of the training chunks (evaluations excluded).
+  """
+
+  params: ActorCriticParams
+  normalizer: Any
+  metrics: dict[str, np.ndarray]
+  evals: dict[str, np.ndarray]
+  policy: Callable[..., jax.Array]
+  state: TrainState
+  config: PPOConfig
+  compile_seconds: float
+  train_seconds: float
+
+
+def print_progress(record: dict[str, float]) -> None:
+  """Default progress line, one per evaluation."""
+  parts = [f"steps {int(record['env_steps']):>10,d}"]
+  for key, label, fmt in (
+    ("eval/episode_return", "eval return", "{:9.2f}"),
+    ("episode_return", "train return", "{:9.2f}"),
+    ("approx_kl", "approx_kl", "{:.4f}"),
+    ("clip_fraction", "clip_frac", "{:.3f}"),
+    ("action_std", "std", "{:.3f}"),
+    ("sps", "SPS", "{:,.0f}"),
+  ):
+    if key in record and np.isfinite(record[key]):
+      parts.append(f"{label} " + fmt.format(record[key]))
+  print(" | ".join(parts), flush=True)
+
+
+def train(
+  cfg: PPOConfig,
+  progress_fn: Callable[[dict[str, float]], None] | None = print_progress,
+) -> TrainResult:
+  """Trains PPO as configured; the only function with host side effects.
+
+  Args:
+    cfg: the run's configuration (already validated by its constructor).
+    progress_fn: called after each evaluation with a flat dict of the latest metrics.
+  """
+  env = envs.make(
+    cfg.env,
+    episode_length=cfg.episode_length,
+    action_repeat=cfg.action_repeat,
+    backend=cfg.env_backend,
+  )
+  networks = make_actor_critic(cfg, env.observation_size, env.action_size)
+  state = init_state(cfg, env, networks)
+
+  started = time.perf_counter()
+  chunk = jax.jit(make_train_chunk(cfg, env, networks), donate_argnums=0).lower(state).compile()
+  evaluator = jax.jit(make_evaluator(cfg, env, networks))
+  compile_seconds = time.perf_counter() - started
+  eval_key = jax.random.PRNGKey(cfg.seed + 1)
+
+  history: list[dict[str, np.ndarray]] = []
+  evals: list[dict[str, float]] = []
+  chunk_sps: list[float] = []
+  train_seconds = 0.0
+
+  def run_eval(env_steps: int, latest: dict[str, float]) -> None:
+    nonlocal eval_key
+    eval_key, key = jax.random.split(eval_key)
+    record = {"env_steps": float(env_steps), **jax.device_get(evaluator(state, key))}
+    evals.append({k: float(v) for k, v in record.items()})
+    if progress_fn is not None:
+      progress_fn({**latest, **evals[-1]})
+
+  run_eval(0, {})
+  for _ in range(cfg.num_chunks):
+    started = time.perf_counter()
+    state, metrics = chunk(state)
+    metrics = jax.device_get(metrics)
+    seconds = time.perf_counter() - started
+    train_seconds += seconds
+    history.append(metrics)
+    chunk_sps.append(cfg.iterations_per_chunk * cfg.env_steps_per_iteration / seconds)
+    env_steps = int(state.iteration) * cfg.env_steps_per_iteration
+    latest = {k: float(v[-1]) for k, v in metrics.items() if np.ndim(v) == 1}
+    run_eval(env_steps, {**latest, "sps": chunk_sps[-1]})
+
+  metrics = {k: np.concatenate([h[k] for h in history]) for k in history[0]}
+  metrics["env_steps"] = (np.arange(cfg.num_iterations) + 1) * cfg.env_steps_per_iteration
+  metrics["sps"] = np.repeat(chunk_sps, cfg.iterations_per_chunk)
+  return TrainResult(
+    params=state.params,
+    normalizer=state.normalizer,
+    metrics=metrics,
+    evals={k: np.array([e[k] for e in evals]) for k in evals[0]},
+    policy=make_policy(networks, state.params, state.normalizer),
+    state=state,
+    config=cfg,
+    compile_seconds=compile_seconds,
+    train_seconds=train_seconds,
+  )
