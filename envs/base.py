@@ -161,20 +161,26 @@ class Environment:
     def one(carry, _):
       core, reward, termination = carry
       stepped = self.core.step(core, action)
+      stepped = stepped.replace(reward=_scalar(stepped.reward), done=_scalar(stepped.done))
       alive = termination == 0
       core = jax.tree.map(lambda new, old: jnp.where(alive, new, old), stepped, core)
       reward = reward + jnp.where(alive, stepped.reward, 0.0)
       termination = jnp.where(alive, stepped.done, termination)
-      return (core, reward, termination.astype(jnp.float32)), None
+      return (core, reward, termination), None
 
     zero = jnp.zeros((), jnp.float32)
     if self.action_repeat == 1:
       stepped = self.core.step(core, action)
-      return stepped, stepped.reward.astype(jnp.float32), stepped.done.astype(jnp.float32)
+      return stepped, _scalar(stepped.reward), _scalar(stepped.done)
     (core, reward, termination), _ = jax.lax.scan(
       one, (core, zero, zero), None, length=self.action_repeat
     )
     return core, reward, termination
+
+
+def _scalar(x) -> jax.Array:
+  # Some sources return Python floats (Brax's inverted_pendulum: `reward = 1.0`).
+  return jnp.asarray(x, jnp.float32)
 
 
 def _check_obs(obs: Any, name: str) -> jax.Array:

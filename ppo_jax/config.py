@@ -101,8 +101,8 @@ class PPOConfig:
   policy_hidden_layer_sizes: tuple[int, ...] = (32, 32, 32, 32)
   value_hidden_layer_sizes: tuple[int, ...] = (256, 256, 256, 256, 256)
   activation: str = "swish"
-  action_std_type: str = "parameter"
-  init_action_std: float = 1.0
+  action_std_type: str = "network"
+  init_action_std: float = 0.7
   min_action_std: float = 1e-3
   num_evals: int = 20
   num_eval_envs: int = 128

@@ -223,6 +223,10 @@ def make_train_step(
   def train_step(state: TrainState) -> tuple[TrainState, Metrics]:
     key, rollout_key, sgd_key = jax.random.split(state.key, 3)
     env_state, transitions, stats = collect(state, rollout_key)
+    # As in Brax, the statistics take in the rollout before the update; the first
+    # minibatch's ratio then also measures that shift of the policy's input.
+    if cfg.normalize_observations:
+      state = state.replace(normalizer=normalization.update(state.normalizer, transitions.obs))
     batch = make_batch(state, transitions)
 
     carry = (state.params, state.opt_state, scheduled_learning_rate(cfg, state), jnp.array(False))
@@ -231,16 +235,10 @@ def make_train_step(
       carry,
       jax.random.split(sgd_key, cfg.num_updates_per_batch),
     )
-    # The statistics change after the update, so that the rollout and the update of one
-    # iteration see the same normalization (the ratio starts at exactly 1).
-    normalizer = state.normalizer
-    if cfg.normalize_observations:
-      normalizer = normalization.update(normalizer, transitions.obs)
 
     state = state.replace(
       params=params,
       opt_state=opt_state,
-      normalizer=normalizer,
       learning_rate=learning_rate,
       env_state=env_state,
       key=key,
