@@ -37,7 +37,7 @@ def update(stats: RunningStatistics, batch: jax.Array) -> RunningStatistics:
   batch = batch.reshape(-1, batch.shape[-1])
   n = jnp.asarray(batch.shape[0], jnp.float32)
   batch_mean = jnp.mean(batch, axis=0)
-  batch_m2 = jnp.sum(jnp.square(batch - batch_mean), axis=0)
+  batch_m2 = jnp.sum(jnp.square(batch - batch_mean[None]), axis=0)
   count = stats.count + n
   delta = batch_mean - stats.mean
   mean = stats.mean + delta * n / count
@@ -48,6 +48,7 @@ def update(stats: RunningStatistics, batch: jax.Array) -> RunningStatistics:
 def normalize(stats: RunningStatistics, obs: jax.Array, clip: float = 10.0) -> jax.Array:
   """Standardizes observations [..., obs_size]; identity while nothing has been seen."""
   seen = stats.count > 0
-  mean = jnp.where(seen, stats.mean, 0.0)
-  std = jnp.where(seen, stats.std, 1.0)
+  leading = (1,) * (obs.ndim - 1)
+  mean = jnp.where(seen, stats.mean, 0.0).reshape(*leading, -1)
+  std = jnp.where(seen, stats.std, 1.0).reshape(*leading, -1)
   return jnp.clip((obs - mean) / std, -clip, clip)

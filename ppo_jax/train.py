@@ -230,10 +230,12 @@ def make_train_step(
     batch = make_batch(state, transitions)
 
     carry = (state.params, state.opt_state, scheduled_learning_rate(cfg, state), jnp.array(False))
+    # Epoch keys are folded in, so epoch e shuffles alike whatever num_updates_per_batch is.
+    epoch_keys = jax.vmap(jax.random.fold_in, (None, 0))(
+      sgd_key, jnp.arange(cfg.num_updates_per_batch)
+    )
     (params, opt_state, learning_rate, _), updates = jax.lax.scan(
-      lambda c, k: epoch(c, k, batch, state.normalizer),
-      carry,
-      jax.random.split(sgd_key, cfg.num_updates_per_batch),
+      lambda c, k: epoch(c, k, batch, state.normalizer), carry, epoch_keys
     )
 
     state = state.replace(

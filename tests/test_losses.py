@@ -1,0 +1,161 @@
+"""Value loss against NumPy; the full loss at ratio 1; the Gaussian log-density and entropy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from ppo_jax import PPOConfig, networks, normalization
+from ppo_jax.losses import make_loss, value_loss
+from ppo_jax.types import Batch
+
+OBS_SIZE, ACTION_SIZE, NUM_SAMPLES = 4, 2, 64
+
+
+def value_loss_reference(values, old_values, targets, eps):
+  values, old_values, targets = (np.float64(x) for x in (values, old_values, targets))
+  loss = (values - targets) ** 2
+  if eps is not None:
+    clipped = old_values + np.clip(values - old_values, -eps, eps)
+    loss = np.maximum(loss, (clipped - targets) ** 2)
+  return 0.5 * loss.mean()
+
+
+def random_values(seed, n=256):
+  rng = np.random.default_rng(seed)
+  old_values = rng.normal(size=(n,)).astype(np.float32)
+  values = (old_values + rng.normal(scale=0.5, size=(n,))).astype(np.float32)
+  targets = rng.normal(size=(n,)).astype(np.float32)
+  return values, old_values, targets
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("eps", [None, 0.1, 0.2, 1.0])
+def test_value_loss_matches_numpy(seed, eps):
+  values, old_values, targets = random_values(seed)
+  np.testing.assert_allclose(
+    value_loss(values, old_values, targets, eps),
+    value_loss_reference(values, old_values, targets, eps),
+    rtol=1e-5,
+  )
+
+
+def test_value_clipping_changes_the_loss_and_never_lowers_it():
+  values, old_values, targets = random_values(2)
+  unclipped = float(value_loss(values, old_values, targets, None))
+  clipped = float(value_loss(values, old_values, targets, 0.1))
+  assert clipped > unclipped
+  # A clip wider than every update is the unclipped loss.
+  np.testing.assert_allclose(value_loss(values, old_values, targets, 100.0), unclipped, rtol=1e-6)
+
+
+def small_config(**overrides):
+  return PPOConfig(
+    env="builtin/cartpole_balance",
+    policy_hidden_layer_sizes=(16, 16),
+    value_hidden_layer_sizes=(16, 16),
+    **overrides,
+  )
+
+
+def on_policy_batch(cfg, seed=0):
+  """Params, a non-trivial normalizer and a batch whose behaviour policy is the current one."""
+  net = networks.make_actor_critic(cfg, OBS_SIZE, ACTION_SIZE)
+
+  @jax.jit  # one compilation instead of dozens of eager ones
+  def build(key):
+    init_key, obs_key, noise_key, seen_key, value_key, advantage_key, target_key = (
+      jax.random.split(key, 7)
+    )
+    params = net.init(init_key)
+    seen = 2.0 + 3.0 * jax.random.normal(seen_key, (32, OBS_SIZE))
+    normalizer = normalization.update(normalization.init(OBS_SIZE), seen)
+    obs = jax.random.normal(obs_key, (NUM_SAMPLES, OBS_SIZE))
+    mean, std = net.policy(params.policy, normalizer, obs)
+    action = mean + std * jax.random.normal(noise_key, mean.shape)
+    batch = Batch(
+      obs=obs,
+      action=action,
+      log_prob=networks.gaussian_log_prob(action, mean, std),
+      mean=mean,
+      std=std,
+      value=jax.random.normal(value_key, (NUM_SAMPLES,)),
+      advantage=1.0 + 2.0 * jax.random.normal(advantage_key, (NUM_SAMPLES,)),
+      target=jax.random.normal(target_key, (NUM_SAMPLES,)),
+    )
+    values = net.value(params.value, normalizer, obs)
+    return params, normalizer, batch, values
+
+  return net, *build(jax.random.PRNGKey(seed))
+
+
+@pytest.mark.parametrize(
+  "normalize_advantage, action_std_type", [(True, "network"), (False, "network"), (True, "parameter")]
+)
+def test_make_loss_at_ratio_one(normalize_advantage, action_std_type):
+  cfg = small_config(normalize_advantage=normalize_advantage, action_std_type=action_std_type)
+  net, params, normalizer, batch, values = on_policy_batch(cfg)
+  loss, metrics = jax.jit(make_loss(cfg, net))(params, normalizer, batch)
+
+  # Ratio 1: no divergence, nothing clipped, no gradient removed.
+  np.testing.assert_allclose(metrics.approx_kl, 0.0, atol=1e-6)
+  np.testing.assert_allclose(metrics.approx_kl_k1, 0.0, atol=1e-5)
+  np.testing.assert_allclose(metrics.exact_kl, 0.0, atol=1e-6)
+  assert float(metrics.clip_fraction) == 0.0
+  assert float(metrics.zero_gradient_fraction) == 0.0
+
+  # The surrogate is then the mean (normalized) advantage.
+  advantages = np.float64(batch.advantage)
+  if normalize_advantage:
+    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    np.testing.assert_allclose(metrics.policy_loss, 0.0, atol=1e-5)
+  assert abs(advantages.mean()) > 0.5 or normalize_advantage  # the check below has teeth
+  np.testing.assert_allclose(metrics.policy_loss, -advantages.mean(), rtol=1e-5, atol=1e-5)
+
+  # The other terms, recomputed from the networks.
+  assert values.shape == (NUM_SAMPLES,)
+  expected_value_loss = value_loss_reference(values, batch.value, batch.target, None)
+  np.testing.assert_allclose(metrics.value_loss, expected_value_loss, rtol=1e-5)
+  expected_entropy = np.mean(stats.norm.entropy(scale=np.float64(batch.std)).sum(axis=-1))
+  np.testing.assert_allclose(metrics.entropy, expected_entropy, rtol=1e-5)
+  np.testing.assert_allclose(metrics.entropy_loss, -cfg.entropy_cost * expected_entropy, rtol=1e-5)
+  np.testing.assert_allclose(
+    loss,
+    metrics.policy_loss + cfg.value_loss_coef * metrics.value_loss + metrics.entropy_loss,
+    rtol=1e-6,
+    atol=1e-6,
+  )
+  np.testing.assert_allclose(metrics.total_loss, loss)
+  np.testing.assert_allclose(metrics.action_std, np.mean(batch.std), rtol=1e-6)
+  np.testing.assert_allclose(metrics.action_std_min, np.min(batch.std), rtol=1e-6)
+
+
+def test_make_loss_sees_an_off_policy_batch():
+  cfg = small_config()
+  net, params, normalizer, batch, _ = on_policy_batch(cfg, seed=1)
+  # Log-probs of a behaviour policy that was 0.5 less likely to pick each action: ratio e^0.5.
+  shifted = batch._replace(log_prob=batch.log_prob - 0.5)
+  _, metrics = jax.jit(make_loss(cfg, net))(params, normalizer, shifted)
+  np.testing.assert_allclose(metrics.approx_kl_k1, -0.5, rtol=1e-5)
+  np.testing.assert_allclose(metrics.approx_kl, np.expm1(0.5) - 0.5, rtol=1e-5)
+  assert float(metrics.clip_fraction) == 1.0  # e^0.5 > 1 + 0.3
+
+
+def test_gaussian_log_prob_matches_scipy():
+  rng = np.random.default_rng(3)
+  mean = rng.normal(size=(5, 7, 3)).astype(np.float32)
+  std = rng.uniform(0.1, 2.0, size=(5, 7, 3)).astype(np.float32)
+  action = (mean + std * rng.normal(size=mean.shape) * 2.0).astype(np.float32)
+  log_prob = networks.gaussian_log_prob(action, mean, std)
+  assert log_prob.shape == (5, 7)
+  expected = stats.norm.logpdf(np.float64(action), np.float64(mean), np.float64(std)).sum(-1)
+  np.testing.assert_allclose(log_prob, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_gaussian_entropy_matches_scipy():
+  std = np.random.default_rng(4).uniform(0.05, 3.0, size=(6, 4)).astype(np.float32)
+  entropy = networks.gaussian_entropy(std)
+  assert entropy.shape == (6,)
+  expected = stats.norm.entropy(scale=np.float64(std)).sum(-1)
+  np.testing.assert_allclose(entropy, expected, rtol=1e-5, atol=1e-6)
