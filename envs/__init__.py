@@ -100,7 +100,7 @@ def make(
   return Environment(
     core=core,
     name=name,
-    episode_length=episode_length or length,
+    episode_length=length if episode_length is None else episode_length,
     action_repeat=action_repeat,
     solved_threshold=solved,
   )

@@ -137,6 +137,8 @@ class Environment:
       (steps >= self.max_episode_steps) & (termination == 0), 1.0, 0.0
     ).astype(jnp.float32)
     final_obs = _check_obs(core.obs, self.name)
+    # Like the reward, the metrics are the step's, not those of the reset that follows it.
+    metrics = dict(core.metrics)
     done = jnp.maximum(termination, truncation) > 0
 
     key, reset_key = jax.random.split(state.key)
@@ -148,7 +150,7 @@ class Environment:
       termination=termination,
       truncation=truncation,
       final_obs=final_obs,
-      metrics=dict(core.metrics),
+      metrics=metrics,
       steps=jnp.where(done, 0, steps),
       episode_return=jnp.where(done, 0.0, state.episode_return + reward),
       key=key,

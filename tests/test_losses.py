@@ -1,5 +1,7 @@
 """Value loss against NumPy; the full loss at ratio 1; the Gaussian log-density and entropy."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,12 +61,19 @@ def small_config(**overrides):
   )
 
 
-def on_policy_batch(cfg, seed=0):
-  """Params, a non-trivial normalizer and a batch whose behaviour policy is the current one."""
-  net = networks.make_actor_critic(cfg, OBS_SIZE, ACTION_SIZE)
+@functools.cache
+def make_evaluate(cfg):
+  """Returns a jitted key, log_prob_shift -> (batch, values, loss, metrics) for `cfg`.
 
-  @jax.jit  # one compilation instead of dozens of eager ones
-  def build(key):
+  The batch's behaviour policy is the current one, with its log-probabilities lowered by
+  `log_prob_shift` (0 makes the ratio exactly 1). The observations go through a non-trivial
+  normalizer. One compilation per config keeps the file fast on a shared CPU.
+  """
+  net = networks.make_actor_critic(cfg, OBS_SIZE, ACTION_SIZE)
+  loss_fn = make_loss(cfg, net)
+
+  @jax.jit
+  def evaluate(key, log_prob_shift):
     init_key, obs_key, noise_key, seen_key, value_key, advantage_key, target_key = (
       jax.random.split(key, 7)
     )
@@ -77,7 +86,7 @@ def on_policy_batch(cfg, seed=0):
     batch = Batch(
       obs=obs,
       action=action,
-      log_prob=networks.gaussian_log_prob(action, mean, std),
+      log_prob=networks.gaussian_log_prob(action, mean, std) - log_prob_shift,
       mean=mean,
       std=std,
       value=jax.random.normal(value_key, (NUM_SAMPLES,)),
@@ -85,9 +94,10 @@ def on_policy_batch(cfg, seed=0):
       target=jax.random.normal(target_key, (NUM_SAMPLES,)),
     )
     values = net.value(params.value, normalizer, obs)
-    return params, normalizer, batch, values
+    loss, metrics = loss_fn(params, normalizer, batch)
+    return batch, values, loss, metrics
 
-  return net, *build(jax.random.PRNGKey(seed))
+  return evaluate
 
 
 @pytest.mark.parametrize(
@@ -95,8 +105,7 @@ def on_policy_batch(cfg, seed=0):
 )
 def test_make_loss_at_ratio_one(normalize_advantage, action_std_type):
   cfg = small_config(normalize_advantage=normalize_advantage, action_std_type=action_std_type)
-  net, params, normalizer, batch, values = on_policy_batch(cfg)
-  loss, metrics = jax.jit(make_loss(cfg, net))(params, normalizer, batch)
+  batch, values, loss, metrics = make_evaluate(cfg)(jax.random.PRNGKey(0), 0.0)
 
   # Ratio 1: no divergence, nothing clipped, no gradient removed.
   np.testing.assert_allclose(metrics.approx_kl, 0.0, atol=1e-6)
@@ -132,11 +141,8 @@ def test_make_loss_at_ratio_one(normalize_advantage, action_std_type):
 
 
 def test_make_loss_sees_an_off_policy_batch():
-  cfg = small_config()
-  net, params, normalizer, batch, _ = on_policy_batch(cfg, seed=1)
-  # Log-probs of a behaviour policy that was 0.5 less likely to pick each action: ratio e^0.5.
-  shifted = batch._replace(log_prob=batch.log_prob - 0.5)
-  _, metrics = jax.jit(make_loss(cfg, net))(params, normalizer, shifted)
+  # A behaviour policy that was e^0.5 times less likely to pick each action: ratio e^0.5.
+  _, _, _, metrics = make_evaluate(small_config())(jax.random.PRNGKey(1), 0.5)
   np.testing.assert_allclose(metrics.approx_kl_k1, -0.5, rtol=1e-5)
   np.testing.assert_allclose(metrics.approx_kl, np.expm1(0.5) - 0.5, rtol=1e-5)
   assert float(metrics.clip_fraction) == 1.0  # e^0.5 > 1 + 0.3

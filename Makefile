@@ -1,0 +1,30 @@
+# Two entry points on a fresh machine: `make train` and `make test`. Both create the
+# virtualenv and install the project first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup train test test-slow bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+train: setup  ## Train the default experiment (brax inverted_pendulum) on the CPU.
+	$(PY) -m experiments.train
+
+test: setup  ## The test suite (long runs marked slow are left out).
+	$(PY) -m pytest
+
+test-slow: setup  ## Only the long runs.
+	$(PY) -m pytest -m slow
+
+bench: setup  ## Training and rollout-only throughput, compile time.
+	$(PY) -m experiments.bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,81 @@
+"""Train a preset, with any config field overridden from the command line.
+
+    python -m experiments.train [PRESET] [--num_timesteps 3000000 --learning_rate 1e-3 ...]
+    python -m experiments.train --list
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+
+from experiments.presets import PRESETS
+from ppo_jax import PPOConfig, train
+
+
+def field_help() -> dict[str, str]:
+  """Field -> its description, read from PPOConfig's docstring."""
+  doc = PPOConfig.__doc__.split("Attributes:")[1]
+  entries = re.findall(r"^\s{4}(\w+): (.*?)(?=^\s{4}\w+: |\Z)", doc, re.S | re.M)
+  return {name: " ".join(text.split()) for name, text in entries}
+
+
+def parse_value(text: str):
+  """CLI text -> Python value: JSON where it parses ("3e-4", "true", "null", "[32, 32]"),
+  "none" for None, "32,32" for a tuple, else the string itself."""
+  if text.lower() == "none":
+    return None
+  if "," in text and not text.startswith("["):
+    return tuple(int(v) for v in text.split(","))
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError:
+    return text
+  return tuple(value) if isinstance(value, list) else value
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    description="Train PPO on a preset; every PPOConfig field can be overridden.",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  parser.add_argument("preset", nargs="?", default="default", help="preset name (see --list)")
+  parser.add_argument("--list", action="store_true", help="list the presets and exit")
+  helps = field_help()
+  for field in dataclasses.fields(PPOConfig):
+    parser.add_argument(
+      f"--{field.name}", type=parse_value, default=argparse.SUPPRESS,
+      help=f"{helps.get(field.name, '')} [{field.type}; preset's value if omitted]",
+    )
+  return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = build_parser()
+  args = vars(parser.parse_args(argv))
+  if args.pop("list"):
+    for name, cfg in PRESETS.items():
+      print(f"{name:<24} {cfg.env:<32} {cfg.num_timesteps:>12,d} steps")
+    return
+  preset = args.pop("preset")
+  if preset not in PRESETS:
+    parser.error(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+  try:
+    cfg = dataclasses.replace(PRESETS[preset], **args)
+  except (ValueError, TypeError) as error:  # the message names the field and the rule
+    parser.error(str(error))
+  print(f"preset {preset}: {cfg.env}, {cfg.total_env_steps:,d} env steps in "
+        f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}", flush=True)
+  result = train(cfg)
+  final = result.evals["eval/episode_return"][-1]
+  print(
+    f"done: eval return {final:.1f} after {cfg.total_env_steps:,d} steps; "
+    f"compile {result.compile_seconds:.1f} s, training {result.train_seconds:.1f} s "
+    f"({cfg.total_env_steps / result.train_seconds:,.0f} steps/s)"
+  )
+
+
+if __name__ == "__main__":
+  main()

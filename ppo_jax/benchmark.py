@@ -1,0 +1,84 @@
+"""Throughput of the training step against rollout alone, on the same envs and networks."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+
+import envs
+from ppo_jax.config import PPOConfig
+from ppo_jax.networks import make_actor_critic
+from ppo_jax.rollout import unroll
+from ppo_jax.train import init_state, make_train_chunk
+from ppo_jax.types import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+  """Environment steps per second of training and of rollout alone, and compile times."""
+
+  train_sps: float
+  rollout_sps: float
+  train_compile_seconds: float
+  rollout_compile_seconds: float
+
+  @property
+  def ratio(self) -> float:
+    """Training SPS as a fraction of rollout-only SPS."""
+    return self.train_sps / self.rollout_sps
+
+
+def make_rollout_only(cfg: PPOConfig, env: envs.Environment, networks):
+  """Same unrolls as `iterations_per_chunk` training iterations: env step + policy, no learning."""
+
+  def run(state: TrainState):
+    def one_unroll(env_state, key):
+      env_state, _, stats = unroll(
+        env, networks, state.params.policy, state.normalizer, env_state, key, cfg.unroll_length
+      )
+      return env_state, stats.episodes
+
+    count = cfg.iterations_per_chunk * cfg.unrolls_per_iteration
+    return jax.lax.scan(one_unroll, state.env_state, jax.random.split(state.key, count))
+
+  return run
+
+
+def _time(fn, state, repeats: int) -> tuple[float, float]:
+  """(compile seconds, best seconds per call of `repeats` calls)."""
+  started = time.perf_counter()
+  compiled = jax.jit(fn).lower(state).compile()
+  compile_seconds = time.perf_counter() - started
+  best = float("inf")
+  for _ in range(repeats):
+    started = time.perf_counter()
+    jax.block_until_ready(compiled(state))
+    best = min(best, time.perf_counter() - started)
+  return compile_seconds, best
+
+
+def measure(cfg: PPOConfig, iterations: int = 2, repeats: int = 2) -> Throughput:
+  """Times `iterations` training iterations (one compiled chunk) against rollout alone.
+
+  Evaluation is excluded; each figure is the best of `repeats` runs after compilation.
+  """
+  cfg = dataclasses.replace(
+    cfg, num_timesteps=iterations * cfg.env_steps_per_iteration, num_evals=2
+  )
+  env = envs.make(
+    cfg.env, episode_length=cfg.episode_length, action_repeat=cfg.action_repeat,
+    backend=cfg.env_backend,
+  )
+  networks = make_actor_critic(cfg, env.observation_size, env.action_size)
+  state = init_state(cfg, env, networks)
+  steps = cfg.iterations_per_chunk * cfg.env_steps_per_iteration
+  train_compile, train_seconds = _time(make_train_chunk(cfg, env, networks), state, repeats)
+  rollout_compile, rollout_seconds = _time(make_rollout_only(cfg, env, networks), state, repeats)
+  return Throughput(
+    train_sps=steps / train_seconds,
+    rollout_sps=steps / rollout_seconds,
+    train_compile_seconds=train_compile,
+    rollout_compile_seconds=rollout_compile,
+  )
