@@ -145,7 +145,7 @@ class Environment:
     fresh = self.core.reset(reset_key)
     core = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, core)
     return EnvState(
-      obs=core.obs,
+      obs=_check_obs(core.obs, self.name),
       reward=reward,
       termination=termination,
       truncation=truncation,

@@ -46,9 +46,13 @@ def update(stats: RunningStatistics, batch: jax.Array) -> RunningStatistics:
 
 
 def normalize(stats: RunningStatistics, obs: jax.Array, clip: float = 10.0) -> jax.Array:
-  """Standardizes observations [..., obs_size]; identity while nothing has been seen."""
+  """Standardizes observations [..., obs_size]; identity while nothing has been seen.
+
+  The identity skips the clip too: with normalize_observations=False the statistics stay
+  empty, and the networks must then see the raw observations, large ones included.
+  """
   seen = stats.count > 0
   leading = (1,) * (obs.ndim - 1)
   mean = jnp.where(seen, stats.mean, 0.0).reshape(*leading, -1)
   std = jnp.where(seen, stats.std, 1.0).reshape(*leading, -1)
-  return jnp.clip((obs - mean) / std, -clip, clip)
+  return jnp.where(seen, jnp.clip((obs - mean) / std, -clip, clip), obs)

@@ -1,4 +1,4 @@
-"""Trust-region diagnostics and the clipped surrogate against NumPy, a textbook case and invariants."""
+"""Trust-region diagnostics and the clipped surrogate: NumPy, a textbook case, invariants."""
 
 import jax
 import jax.numpy as jnp
@@ -176,9 +176,7 @@ def test_clipped_surrogate_matches_numpy(eps):
 
 
 def test_textbook_clipped_terms():
-  terms = clipped_surrogate(
-    jnp.array(TEXTBOOK_RATIOS), jnp.array(TEXTBOOK_ADVANTAGES), 0.2
-  )
+  terms = clipped_surrogate(jnp.array(TEXTBOOK_RATIOS), jnp.array(TEXTBOOK_ADVANTAGES), 0.2)
   np.testing.assert_allclose(terms, TEXTBOOK_CLIPPED_TERMS, rtol=0, atol=1e-6)
 
 

@@ -11,6 +11,7 @@ import pytest
 import envs
 from ppo_jax import PPOConfig, train
 from ppo_jax.networks import make_actor_critic
+from ppo_jax.rollout import unroll
 from ppo_jax.train import adapt_learning_rate, init_state, make_train_chunk, make_train_step
 
 
@@ -200,3 +201,22 @@ def test_learns_cartpole_to_its_solved_threshold():
 def test_learns_brax_inverted_pendulum():
   result = train(PPOConfig(num_timesteps=1_500_000, num_evals=10), progress_fn=None)
   assert result.evals["eval/episode_return"][-1] >= 900
+
+
+def test_rollout_keeps_the_final_observation_for_the_bootstrap():
+  cfg = tiny(env="builtin/pendulum_swingup", episode_length=5, unroll_length=12)
+  env, networks, state = setup(cfg)
+  _, transitions, stats = jax.jit(
+    lambda s: unroll(env, networks, s.params.policy, s.normalizer, s.env_state, s.key, 12)
+  )(state)
+  transitions = jax.device_get(transitions)
+  truncated = transitions.truncation[:, 0] > 0
+  np.testing.assert_array_equal(np.flatnonzero(truncated), [4, 9])
+  assert transitions.termination.sum() == 0
+  for t in np.flatnonzero(truncated):
+    # The next step starts a new episode from a reset observation; next_obs is where the
+    # truncated episode really ended, continuing its own dynamics.
+    assert not np.allclose(transitions.next_obs[t, 0], transitions.obs[t + 1, 0])
+  for t in np.flatnonzero(~truncated[:-1]):
+    np.testing.assert_array_equal(transitions.next_obs[t, 0], transitions.obs[t + 1, 0])
+  assert int(stats.episodes) == 2 * cfg.num_envs and int(stats.truncations) == 2 * cfg.num_envs

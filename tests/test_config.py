@@ -1,0 +1,146 @@
+"""PPOConfig: defaults, derived sizes, and a ValueError naming the field for every bad input."""
+
+import dataclasses
+import math
+
+import pytest
+
+from ppo_jax import PPOConfig
+
+# Brax's PPO settings for inverted_pendulum (its training notebook).
+INVERTED_PENDULUM = dict(
+  env="brax/inverted_pendulum",
+  num_timesteps=2_000_000,
+  num_evals=20,
+  reward_scaling=10.0,
+  episode_length=1000,
+  normalize_observations=True,
+  action_repeat=1,
+  unroll_length=5,
+  num_minibatches=32,
+  num_updates_per_batch=4,
+  discounting=0.97,
+  learning_rate=3e-4,
+  entropy_cost=1e-2,
+  num_envs=2048,
+  batch_size=1024,
+  seed=1,
+)
+
+
+def test_default_config_is_valid():
+  cfg = PPOConfig()
+  assert cfg.env == "brax/inverted_pendulum"
+  assert cfg.num_segments % cfg.num_envs == 0
+
+
+def test_inverted_pendulum_derived_sizes():
+  cfg = PPOConfig(**INVERTED_PENDULUM)
+  assert cfg.num_segments == 1024 * 32
+  assert cfg.unrolls_per_iteration == 16  # 32768 segments over 2048 envs
+  assert cfg.minibatch_size == 1024 * 5
+  assert cfg.env_steps_per_iteration == 1024 * 32 * 5 == 163_840
+  assert cfg.num_iterations >= cfg.num_timesteps / cfg.env_steps_per_iteration
+  assert cfg.num_iterations >= math.ceil(2_000_000 / 163_840) == 13
+  # Brax runs one iteration per evaluation chunk here: 19 chunks after the initial eval.
+  assert cfg.num_chunks == 19
+  assert cfg.iterations_per_chunk == 1
+  assert cfg.num_iterations == 19
+  assert cfg.total_env_steps == 19 * 163_840 >= cfg.num_timesteps
+
+
+def test_action_repeat_counts_in_env_steps():
+  cfg = PPOConfig(**{**INVERTED_PENDULUM, "action_repeat": 4})
+  assert cfg.env_steps_per_iteration == 1024 * 32 * 5 * 4
+  assert cfg.num_iterations * cfg.env_steps_per_iteration >= cfg.num_timesteps
+
+
+@pytest.mark.parametrize("num_timesteps", [1, 163_840, 163_841, 10_000_000])
+def test_num_iterations_covers_num_timesteps(num_timesteps):
+  cfg = PPOConfig(**{**INVERTED_PENDULUM, "num_timesteps": num_timesteps})
+  assert cfg.num_iterations >= num_timesteps / cfg.env_steps_per_iteration
+  assert cfg.num_iterations % cfg.num_chunks == 0
+  assert cfg.total_env_steps >= num_timesteps
+
+
+@pytest.mark.parametrize(
+  "overrides, field",
+  [
+    # Wrong types.
+    ({"num_envs": 1.5}, "num_envs"),
+    ({"num_envs": True}, "num_envs"),
+    ({"learning_rate": "1e-3"}, "learning_rate"),
+    ({"normalize_observations": 1}, "normalize_observations"),
+    ({"policy_hidden_layer_sizes": (32, "a")}, "policy_hidden_layer_sizes"),
+    # Out of range.
+    ({"discounting": 0}, "discounting"),
+    ({"discounting": 1.5}, "discounting"),
+    ({"gae_lambda": -0.1}, "gae_lambda"),
+    ({"clipping_epsilon": 0}, "clipping_epsilon"),
+    ({"unroll_length": 0}, "unroll_length"),
+    ({"learning_rate": -1}, "learning_rate"),
+    ({"target_kl": 0}, "target_kl"),
+    ({"entropy_cost": -1}, "entropy_cost"),
+    ({"num_envs": 0}, "num_envs"),
+    ({"learning_rate": float("nan")}, "learning_rate"),
+    # Inconsistent sizes.
+    ({"num_envs": 1000, "batch_size": 1024, "num_minibatches": 32}, "num_envs"),
+    ({"episode_length": 1000, "action_repeat": 3}, "action_repeat"),
+    # Unknown choices.
+    ({"learning_rate_schedule": "cosine"}, "learning_rate_schedule"),
+    ({"activation": "sigmoid"}, "activation"),
+    ({"action_std_type": "x"}, "action_std_type"),
+    ({"env": "inverted_pendulum"}, "env"),
+  ],
+)
+def test_bad_input_raises_value_error_naming_the_field(overrides, field):
+  # Whole words, so that "env" is not satisfied by "num_envs".
+  with pytest.raises(ValueError, match=rf"\b{field}\b"):
+    PPOConfig(**overrides)
+
+
+def test_indivisible_num_envs_says_divisible():
+  with pytest.raises(ValueError, match="num_envs") as info:
+    PPOConfig(num_envs=1000, batch_size=1024, num_minibatches=32)
+  assert "divisible" in str(info.value)
+
+
+def test_indivisible_episode_length_names_both_fields():
+  with pytest.raises(ValueError, match="episode_length") as info:
+    PPOConfig(episode_length=1000, action_repeat=3)
+  assert "action_repeat" in str(info.value)
+
+
+def test_env_without_source_lists_the_sources():
+  with pytest.raises(ValueError, match="inverted_pendulum") as info:
+    PPOConfig(env="inverted_pendulum")
+  assert "brax" in str(info.value)
+
+
+def test_list_of_layer_sizes_is_stored_as_a_tuple():
+  cfg = PPOConfig(policy_hidden_layer_sizes=[64, 64], value_hidden_layer_sizes=[128])
+  assert cfg.policy_hidden_layer_sizes == (64, 64)
+  assert isinstance(cfg.policy_hidden_layer_sizes, tuple)
+  assert cfg.value_hidden_layer_sizes == (128,)
+  assert isinstance(cfg.value_hidden_layer_sizes, tuple)
+  hash(cfg)
+
+
+def test_config_is_frozen():
+  cfg = PPOConfig()
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    cfg.num_envs = 8  # type: ignore[misc]
+
+
+def test_config_is_hashable_by_value():
+  assert hash(PPOConfig()) == hash(PPOConfig())
+  assert PPOConfig() == PPOConfig()
+  assert PPOConfig(seed=1) != PPOConfig(seed=2)
+  assert len({PPOConfig(), PPOConfig(), PPOConfig(seed=3)}) == 2
+
+
+def test_replace_is_checked_too():
+  cfg = PPOConfig()
+  assert dataclasses.replace(cfg, seed=5).seed == 5
+  with pytest.raises(ValueError, match="gae_lambda"):
+    dataclasses.replace(cfg, gae_lambda=2.0)
