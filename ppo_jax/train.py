@@ -141,6 +141,12 @@ def make_train_step(
     )
     return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
 
+  def unless_stopped(stopped, run, skip, *args):
+    """run(*args) while updates go on, skip(*args) after the target-KL stop."""
+    if cfg.target_kl is None:  # nothing can stop the updates: no branch at all
+      return run(*args)
+    return jax.lax.cond(stopped, skip, run, *args)
+
   def minibatch_update(carry, minibatch: Batch, normalizer):
     params, opt_state, learning_rate, stopped = carry
 
@@ -154,8 +160,8 @@ def make_train_step(
       )
       return metrics, grads
 
-    # Once stopped, the minibatch is only measured: no gradient is computed.
-    metrics, grads = jax.lax.cond(stopped, measure, measure_and_differentiate, params)
+    # Once stopped, a minibatch is only measured: no gradient is computed.
+    metrics, grads = unless_stopped(stopped, measure_and_differentiate, measure, params)
     if cfg.target_kl is not None:
       stopped = stopped | (metrics.approx_kl > cfg.target_kl_factor * cfg.target_kl)
     if cfg.learning_rate_schedule == "adaptive_kl":
@@ -168,8 +174,8 @@ def make_train_step(
       params = jax.tree.map(lambda p, u: p - learning_rate * u, params, updates)
       return params, opt_state
 
-    params, opt_state = jax.lax.cond(
-      stopped, lambda p, o: (p, o), apply, params, opt_state
+    params, opt_state = unless_stopped(
+      stopped, apply, lambda p, o: (p, o), params, opt_state
     )
     update_metrics = UpdateMetrics(
       loss=metrics,
