@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 train: setup  ## Train the default experiment (brax inverted_pendulum) on the CPU.
 	$(PY) -m experiments.train
 
-test: setup  ## The test suite (long runs marked slow are left out).
+test: setup  ## Lint, then the test suite (long runs marked slow are left out).
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 test-slow: setup  ## Only the long runs.

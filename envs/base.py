@@ -133,9 +133,9 @@ class Environment:
     """Applies `action`, then resets the episode if it ended."""
     core, reward, termination = self._repeat(state.core, action)
     steps = state.steps + 1
-    truncation = jnp.where(
-      (steps >= self.max_episode_steps) & (termination == 0), 1.0, 0.0
-    ).astype(jnp.float32)
+    truncation = jnp.where((steps >= self.max_episode_steps) & (termination == 0), 1.0, 0.0).astype(
+      jnp.float32
+    )
     final_obs = _check_obs(core.obs, self.name)
     # Like the reward, the metrics are the step's, not those of the reset that follows it.
     metrics = dict(core.metrics)

@@ -82,7 +82,9 @@ class PendulumSwingup:
   solved_threshold: float = -200.0
 
   def reset(self, key: jax.Array) -> TaskState:
-    physics = jax.random.uniform(key, (2,), minval=jnp.array([-jnp.pi, -1.0]), maxval=jnp.array([jnp.pi, 1.0]))
+    physics = jax.random.uniform(
+      key, (2,), minval=jnp.array([-jnp.pi, -1.0]), maxval=jnp.array([jnp.pi, 1.0])
+    )
     return self._state(physics, reward=0.0, torque=jnp.zeros(()))
 
   def step(self, state: TaskState, action: jax.Array) -> TaskState:
@@ -91,7 +93,10 @@ class PendulumSwingup:
     theta, theta_dot = state.physics
     angle = (theta + jnp.pi) % (2 * jnp.pi) - jnp.pi
     reward = -(angle**2 + 0.1 * theta_dot**2 + 0.001 * torque**2)
-    theta_dot = theta_dot + (3 * gravity / (2 * length) * jnp.sin(theta) + 3.0 / (mass * length**2) * torque) * dt
+    theta_dot = (
+      theta_dot
+      + (3 * gravity / (2 * length) * jnp.sin(theta) + 3.0 / (mass * length**2) * torque) * dt
+    )
     theta_dot = jnp.clip(theta_dot, -8.0, 8.0)
     physics = jnp.stack([theta + theta_dot * dt, theta_dot])
     return self._state(physics, reward=reward, torque=torque)

@@ -1,6 +1,6 @@
 """Training vs rollout-only throughput on the CPU (or whatever JAX runs on).
 
-    python -m experiments.bench [--iterations N] [--only NAME ...]
+python -m experiments.bench [--iterations N] [--only NAME ...]
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Train a preset, with any config field overridden from the command line.
 
-    python -m experiments.train [PRESET] [--num_timesteps 3000000 --learning_rate 1e-3 ...]
-    python -m experiments.train --list
+python -m experiments.train [PRESET] [--num_timesteps 3000000 --learning_rate 1e-3 ...]
+python -m experiments.train --list
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
   helps = field_help()
   for field in dataclasses.fields(PPOConfig):
     parser.add_argument(
-      f"--{field.name}", type=parse_value, default=argparse.SUPPRESS,
+      f"--{field.name}",
+      type=parse_value,
+      default=argparse.SUPPRESS,
       help=f"{helps.get(field.name, '')} [{field.type}; preset's value if omitted]",
     )
   return parser
@@ -66,8 +68,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = dataclasses.replace(PRESETS[preset], **args)
   except (ValueError, TypeError) as error:  # the message names the field and the rule
     parser.error(str(error))
-  print(f"preset {preset}: {cfg.env}, {cfg.total_env_steps:,d} env steps in "
-        f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}", flush=True)
+  print(
+    f"preset {preset}: {cfg.env}, {cfg.total_env_steps:,d} env steps in "
+    f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}",
+    flush=True,
+  )
   result = train(cfg)
   final = result.evals["eval/episode_return"][-1]
   print(

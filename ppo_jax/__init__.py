@@ -3,5 +3,12 @@
 from ppo_jax.config import PPOConfig
 from ppo_jax.train import TrainResult, make_policy, make_train_chunk, make_train_step, train
 
-__all__ = ["PPOConfig", "TrainResult", "make_policy", "make_train_chunk", "make_train_step", "train"]
+__all__ = [
+  "PPOConfig",
+  "TrainResult",
+  "make_policy",
+  "make_train_chunk",
+  "make_train_step",
+  "train",
+]
 __version__ = "0.1.0"

@@ -9,9 +9,8 @@ import jax
 
 import envs
 from ppo_jax.config import PPOConfig
-from ppo_jax.networks import make_actor_critic
 from ppo_jax.rollout import unroll
-from ppo_jax.train import init_state, make_train_chunk
+from ppo_jax.train import init_state, make_env_and_networks, make_train_chunk
 from ppo_jax.types import TrainState
 
 
@@ -67,11 +66,7 @@ def measure(cfg: PPOConfig, iterations: int = 2, repeats: int = 2) -> Throughput
   cfg = dataclasses.replace(
     cfg, num_timesteps=iterations * cfg.env_steps_per_iteration, num_evals=2
   )
-  env = envs.make(
-    cfg.env, episode_length=cfg.episode_length, action_repeat=cfg.action_repeat,
-    backend=cfg.env_backend,
-  )
-  networks = make_actor_critic(cfg, env.observation_size, env.action_size)
+  env, networks = make_env_and_networks(cfg)
   state = init_state(cfg, env, networks)
   steps = cfg.iterations_per_chunk * cfg.env_steps_per_iteration
   train_compile, train_seconds = _time(make_train_chunk(cfg, env, networks), state, repeats)

@@ -236,8 +236,16 @@ def _check_values(c: PPOConfig) -> None:
     c.episode_length % c.action_repeat == 0,
     f"episode_length ({c.episode_length}) must be divisible by action_repeat ({c.action_repeat})",
   )
-  for field in ("learning_rate", "clipping_epsilon", "desired_kl", "min_learning_rate",
-                "max_learning_rate", "reward_scaling", "init_action_std", "target_kl_factor"):
+  for field in (
+    "learning_rate",
+    "clipping_epsilon",
+    "desired_kl",
+    "min_learning_rate",
+    "max_learning_rate",
+    "reward_scaling",
+    "init_action_std",
+    "target_kl_factor",
+  ):
     value = getattr(c, field)
     _require(value > 0, f"{field} ({value}) must be > 0")
   for field in ("target_kl", "clipping_epsilon_value", "max_grad_norm"):

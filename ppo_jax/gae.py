@@ -46,7 +46,5 @@ def compute_gae(
     advantage = delta + discounting * gae_lambda * trace * advantage
     return advantage, advantage
 
-  _, advantages = jax.lax.scan(
-    backward, jnp.zeros_like(deltas[0]), (deltas, traces), reverse=True
-  )
+  _, advantages = jax.lax.scan(backward, jnp.zeros_like(deltas[0]), (deltas, traces), reverse=True)
   return advantages, advantages + values

@@ -98,9 +98,7 @@ def make_loss(cfg: PPOConfig, networks: ActorCritic):
       exact_kl=jnp.mean(diagnostics.gaussian_kl(batch.mean, batch.std, mean, std)),
       clip_fraction=diagnostics.clip_fraction(ratio, cfg.clipping_epsilon),
       zero_gradient_fraction=jnp.mean(
-        diagnostics.zero_gradient_mask(ratio, advantages, cfg.clipping_epsilon).astype(
-          jnp.float32
-        )
+        diagnostics.zero_gradient_mask(ratio, advantages, cfg.clipping_epsilon).astype(jnp.float32)
       ),
       entropy=entropy,
       action_std=jnp.mean(std),

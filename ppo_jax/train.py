@@ -54,6 +54,17 @@ def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
   return optax.chain(*clip, optax.scale_by_adam())
 
 
+def make_env_and_networks(cfg: PPOConfig) -> tuple[envs.Environment, ActorCritic]:
+  """The configured environment and the networks sized for it."""
+  env = envs.make(
+    cfg.env,
+    episode_length=cfg.episode_length,
+    action_repeat=cfg.action_repeat,
+    backend=cfg.env_backend,
+  )
+  return env, make_actor_critic(cfg, env.observation_size, env.action_size)
+
+
 def init_state(cfg: PPOConfig, env: envs.Environment, networks: ActorCritic) -> TrainState:
   """Fresh train state for `cfg.seed`; everything on the device."""
   key = jax.random.PRNGKey(cfg.seed)
@@ -101,7 +112,12 @@ def make_train_step(
 
     def one_unroll(env_state, unroll_key):
       env_state, transitions, stats = unroll(
-        env, networks, state.params.policy, state.normalizer, env_state, unroll_key,
+        env,
+        networks,
+        state.params.policy,
+        state.normalizer,
+        env_state,
+        unroll_key,
         cfg.unroll_length,
       )
       return env_state, (transitions, stats)
@@ -155,9 +171,7 @@ def make_train_step(
       return metrics, jax.tree.map(jnp.zeros_like, params)
 
     def measure_and_differentiate(params):
-      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, normalizer, minibatch
-      )
+      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, normalizer, minibatch)
       return metrics, grads
 
     # Once stopped, a minibatch is only measured: no gradient is computed.
@@ -174,9 +188,7 @@ def make_train_step(
       params = jax.tree.map(lambda p, u: p - learning_rate * u, params, updates)
       return params, opt_state
 
-    params, opt_state = unless_stopped(
-      stopped, apply, lambda p, o: (p, o), params, opt_state
-    )
+    params, opt_state = unless_stopped(stopped, apply, lambda p, o: (p, o), params, opt_state)
     update_metrics = UpdateMetrics(
       loss=metrics,
       grad_norm=optax.global_norm(grads),
@@ -198,9 +210,7 @@ def make_train_step(
   def reduce_epochs(updates: UpdateMetrics) -> Metrics:
     """[E, M] minibatch metrics -> per-epoch [E] and iteration-mean scalars."""
     applied = updates.applied.astype(jnp.float32)
-    per_epoch = {
-      name: jnp.mean(value, axis=1) for name, value in updates.loss._asdict().items()
-    }
+    per_epoch = {name: jnp.mean(value, axis=1) for name, value in updates.loss._asdict().items()}
     per_epoch["action_std_min"] = jnp.min(updates.loss.action_std_min, axis=1)
     # Gradient norms and rates of the updates that were applied (0 where none was).
     per_epoch["grad_norm"] = jnp.sum(updates.grad_norm * applied, axis=1) / jnp.maximum(
@@ -276,7 +286,12 @@ def make_evaluator(
 
   def run(state: TrainState, key: jax.Array) -> dict[str, jax.Array]:
     metrics = evaluate(
-      env, networks, state.params.policy, state.normalizer, key, cfg.num_eval_envs,
+      env,
+      networks,
+      state.params.policy,
+      state.normalizer,
+      key,
+      cfg.num_eval_envs,
       cfg.deterministic_eval,
     )
     return {f"eval/{name}": value for name, value in metrics._asdict().items()}
@@ -354,13 +369,7 @@ def train(
     cfg: the run's configuration (already validated by its constructor).
     progress_fn: called after each evaluation with a flat dict of the latest metrics.
   """
-  env = envs.make(
-    cfg.env,
-    episode_length=cfg.episode_length,
-    action_repeat=cfg.action_repeat,
-    backend=cfg.env_backend,
-  )
-  networks = make_actor_critic(cfg, env.observation_size, env.action_size)
+  env, networks = make_env_and_networks(cfg)
   state = init_state(cfg, env, networks)
 
   started = time.perf_counter()

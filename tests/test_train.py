@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 
 import envs
+from experiments.presets import PRESETS
 from ppo_jax import PPOConfig, train
-from ppo_jax.networks import make_actor_critic
 from ppo_jax.rollout import unroll
-from ppo_jax.train import adapt_learning_rate, init_state, make_train_chunk, make_train_step
+from ppo_jax.train import (
+  adapt_learning_rate,
+  init_state,
+  make_env_and_networks,
+  make_train_chunk,
+  make_train_step,
+)
 
 
 def tiny(**overrides) -> PPOConfig:
@@ -35,8 +41,7 @@ def tiny(**overrides) -> PPOConfig:
 
 
 def setup(cfg: PPOConfig):
-  env = envs.make(cfg.env, episode_length=cfg.episode_length, action_repeat=cfg.action_repeat)
-  networks = make_actor_critic(cfg, env.observation_size, env.action_size)
+  env, networks = make_env_and_networks(cfg)
   return env, networks, init_state(cfg, env, networks)
 
 
@@ -63,7 +68,10 @@ def test_chunk_compiles_once_and_never_transfers():
   # Metrics come back stacked over the chunk's iterations, fetched in one call.
   metrics = jax.device_get(metrics)
   assert metrics["approx_kl"].shape == (cfg.iterations_per_chunk,)
-  assert metrics["approx_kl_per_epoch"].shape == (cfg.iterations_per_chunk, cfg.num_updates_per_batch)
+  assert metrics["approx_kl_per_epoch"].shape == (
+    cfg.iterations_per_chunk,
+    cfg.num_updates_per_batch,
+  )
   assert int(state.iteration) == 4 * cfg.iterations_per_chunk
 
 
@@ -73,9 +81,22 @@ def test_metrics_shapes_and_ranges():
   state, metrics = jax.jit(make_train_step(cfg, env, networks))(state)
   metrics = jax.device_get(metrics)
   epochs = cfg.num_updates_per_batch
-  for name in ("approx_kl", "approx_kl_k1", "exact_kl", "clip_fraction", "zero_gradient_fraction",
-               "entropy", "action_std", "action_std_min", "explained_variance", "grad_norm",
-               "policy_loss", "value_loss", "entropy_loss", "learning_rate"):
+  for name in (
+    "approx_kl",
+    "approx_kl_k1",
+    "exact_kl",
+    "clip_fraction",
+    "zero_gradient_fraction",
+    "entropy",
+    "action_std",
+    "action_std_min",
+    "explained_variance",
+    "grad_norm",
+    "policy_loss",
+    "value_loss",
+    "entropy_loss",
+    "learning_rate",
+  ):
     assert metrics[f"{name}_per_epoch"].shape == (epochs,), name
     assert np.isfinite(metrics[name]), name
   assert metrics["approx_kl"] >= 0 and metrics["exact_kl"] >= 0
@@ -151,9 +172,11 @@ def test_vmapped_over_seeds_equals_separate_runs():
   for i, state in enumerate(states):
     alone_state, alone_metrics = jax.jit(step)(state)
     chex.assert_trees_all_close(
-      jax.tree.map(lambda x: x[i], panel_state.params), alone_state.params, atol=1e-5
+      jax.tree.map(lambda x, i=i: x[i], panel_state.params), alone_state.params, atol=1e-5
     )
-    np.testing.assert_allclose(panel_metrics["value_loss"][i], alone_metrics["value_loss"], rtol=1e-4)
+    np.testing.assert_allclose(
+      panel_metrics["value_loss"][i], alone_metrics["value_loss"], rtol=1e-4
+    )
   assert not np.allclose(panel_metrics["value_loss"][0], panel_metrics["value_loss"][1])
 
 
@@ -163,7 +186,10 @@ def test_train_returns_per_iteration_metrics_and_a_jittable_policy():
   result = train(cfg, progress_fn=records.append)
   assert len(records) == cfg.num_evals
   assert result.metrics["approx_kl"].shape == (cfg.num_iterations,)
-  assert result.metrics["clip_fraction_per_epoch"].shape == (cfg.num_iterations, cfg.num_updates_per_batch)
+  assert result.metrics["clip_fraction_per_epoch"].shape == (
+    cfg.num_iterations,
+    cfg.num_updates_per_batch,
+  )
   np.testing.assert_array_equal(
     result.metrics["env_steps"], cfg.env_steps_per_iteration * np.arange(1, cfg.num_iterations + 1)
   )
@@ -176,21 +202,7 @@ def test_train_returns_per_iteration_metrics_and_a_jittable_policy():
 
 
 def test_learns_cartpole_to_its_solved_threshold():
-  cfg = PPOConfig(
-    env="builtin/cartpole_balance",
-    num_timesteps=300_000,
-    num_envs=64,
-    batch_size=64,
-    num_minibatches=8,
-    unroll_length=32,
-    num_updates_per_batch=4,
-    episode_length=500,
-    learning_rate=1e-3,
-    entropy_cost=1e-3,
-    discounting=0.99,
-    reward_scaling=1.0,
-    num_evals=6,
-  )
+  cfg = PRESETS["cartpole_balance"]
   result = train(cfg, progress_fn=None)
   solved = envs.make(cfg.env).solved_threshold
   assert result.evals["eval/episode_return"].max() >= solved
