@@ -17,6 +17,12 @@ SCHEDULES = ("constant", "linear", "adaptive_kl")
 ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")
 ACTION_STD_TYPES = ("parameter", "network")
 ENV_SOURCES = ("brax", "playground", "builtin")
+# Physics pipelines (Brax) or implementations (Playground) that each source accepts.
+ENV_BACKENDS = {
+  "brax": ("generalized", "positional", "spring", "mjx"),
+  "playground": ("jax", "warp"),
+  "builtin": (),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +218,12 @@ def _check_values(c: PPOConfig) -> None:
     source in ENV_SOURCES and bool(name),
     f"env ({c.env!r}) must be '<source>/<name>' with source one of {ENV_SOURCES}",
   )
+  if c.env_backend is not None:
+    _require(
+      c.env_backend in ENV_BACKENDS.get(source, ()),
+      f"env_backend ({c.env_backend!r}) must be None or one of "
+      f"{ENV_BACKENDS.get(source, ())} for {source}/ envs",
+    )
   for field in (
     "num_timesteps",
     "num_envs",

@@ -91,6 +91,9 @@ def test_num_iterations_covers_num_timesteps(num_timesteps):
     ({"activation": "sigmoid"}, "activation"),
     ({"action_std_type": "x"}, "action_std_type"),
     ({"env": "inverted_pendulum"}, "env"),
+    ({"env_backend": "physx"}, "env_backend"),
+    ({"env": "builtin/cartpole_balance", "env_backend": "mjx"}, "env_backend"),
+    ({"env": "playground/CartpoleBalance", "env_backend": "mjx"}, "env_backend"),
   ],
 )
 def test_bad_input_raises_value_error_naming_the_field(overrides, field):
@@ -144,3 +147,11 @@ def test_replace_is_checked_too():
   assert dataclasses.replace(cfg, seed=5).seed == 5
   with pytest.raises(ValueError, match="gae_lambda"):
     dataclasses.replace(cfg, gae_lambda=2.0)
+
+
+@pytest.mark.parametrize(
+  "env, backend",
+  [("brax/ant", "mjx"), ("brax/ant", "generalized"), ("playground/CheetahRun", "warp")],
+)
+def test_backend_of_the_source_is_accepted(env, backend):
+  assert PPOConfig(env=env, env_backend=backend).env_backend == backend
