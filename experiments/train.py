@@ -10,7 +10,10 @@ import argparse
 import dataclasses
 import json
 import re
+import time
+from pathlib import Path
 
+from experiments.plot import plot_runs
 from experiments.presets import PRESETS
 from ppo_jax import PPOConfig, train
 
@@ -43,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("preset", nargs="?", default="default", help="preset name (see --list)")
   parser.add_argument("--list", action="store_true", help="list the presets and exit")
+  parser.add_argument("--runs", default="runs", help="folder that holds the run directories")
+  parser.add_argument("--run_dir", default=None, help="exact run directory (must not exist)")
+  parser.add_argument(
+    "--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR"
+  )
   helps = field_help()
   for field in dataclasses.fields(PPOConfig):
     parser.add_argument(
@@ -54,32 +62,52 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def new_run_dir(runs: str, preset: str) -> Path:
+  """runs/<preset>-<date>-<time>[-n]: a fresh directory name, never an existing one."""
+  base = Path(runs) / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+  path, n = base, 1
+  while path.exists():
+    path, n = Path(f"{base}-{n}"), n + 1
+  return path
+
+
+def main(argv: list[str] | None = None) -> Path | None:
   parser = build_parser()
   args = vars(parser.parse_args(argv))
   if args.pop("list"):
     for name, cfg in PRESETS.items():
-      print(f"{name:<24} {cfg.env:<32} {cfg.num_timesteps:>12,d} steps")
-    return
-  preset = args.pop("preset")
-  if preset not in PRESETS:
-    parser.error(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
-  try:
-    cfg = dataclasses.replace(PRESETS[preset], **args)
-  except (ValueError, TypeError) as error:  # the message names the field and the rule
-    parser.error(str(error))
+      print(f"{name:<32} {cfg.env:<32} {cfg.num_timesteps:>12,d} steps")
+    return None
+  preset, runs, run_dir, resume = (args.pop(k) for k in ("preset", "runs", "run_dir", "resume"))
+  if resume is not None:
+    if args:
+      parser.error(f"--resume takes no config overrides (got {', '.join(args)})")
+    config_path = Path(resume) / "config.json"
+    if not config_path.exists():
+      parser.error(f"cannot resume {resume}: no config.json there")
+    cfg, run_dir = PPOConfig(**json.loads(config_path.read_text())), Path(resume)
+  else:
+    if preset not in PRESETS:
+      parser.error(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+    try:
+      cfg = dataclasses.replace(PRESETS[preset], **args)
+    except (ValueError, TypeError) as error:  # the message names the field and the rule
+      parser.error(str(error))
+    run_dir = Path(run_dir) if run_dir else new_run_dir(runs, preset)
   print(
-    f"preset {preset}: {cfg.env}, {cfg.total_env_steps:,d} env steps in "
+    f"run directory: {run_dir}\n{cfg.env}: {cfg.total_env_steps:,d} env steps in "
     f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}",
     flush=True,
   )
-  result = train(cfg)
+  result = train(cfg, run_dir, resume=resume is not None)
+  plot = plot_runs([run_dir], run_dir / "plot.png")
   final = result.evals["eval/episode_return"][-1]
   print(
     f"done: eval return {final:.1f} after {cfg.total_env_steps:,d} steps; "
-    f"compile {result.compile_seconds:.1f} s, training {result.train_seconds:.1f} s "
-    f"({cfg.total_env_steps / result.train_seconds:,.0f} steps/s)"
+    f"compile {result.compile_seconds:.1f} s, training {result.train_seconds:.1f} s\n"
+    f"run directory: {run_dir} (plot: {plot.name}, policy: policy/)"
   )
+  return run_dir
 
 
 if __name__ == "__main__":

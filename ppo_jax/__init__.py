@@ -1,11 +1,19 @@
 """ppo_jax: massively parallel PPO for embodied control, with on-device trust-region diagnostics."""
 
 from ppo_jax.config import PPOConfig
-from ppo_jax.train import TrainResult, make_policy, make_train_chunk, make_train_step, train
+from ppo_jax.networks import make_policy
+from ppo_jax.train import (
+  TrainResult,
+  load_policy,
+  make_train_chunk,
+  make_train_step,
+  train,
+)
 
 __all__ = [
   "PPOConfig",
   "TrainResult",
+  "load_policy",
   "make_policy",
   "make_train_chunk",
   "make_train_step",

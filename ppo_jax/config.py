@@ -74,6 +74,9 @@ class PPOConfig:
       `num_evals - 1` chunks of iterations, one host call each.
     num_eval_envs: environments per evaluation; each runs one full episode.
     deterministic_eval: evaluate the mean action instead of sampling.
+    checkpoint_interval: iterations between checkpoints of a run directory (taken at the
+      first chunk end past the interval, and always at the end).
+    keep_checkpoints: how many of the latest checkpoints a run directory keeps.
     seed: PRNG seed.
   """
 
@@ -113,6 +116,8 @@ class PPOConfig:
   num_evals: int = 20
   num_eval_envs: int = 128
   deterministic_eval: bool = True
+  checkpoint_interval: int = 1
+  keep_checkpoints: int = 3
   seed: int = 0
 
   def __post_init__(self):
@@ -235,6 +240,8 @@ def _check_values(c: PPOConfig) -> None:
     "num_updates_per_batch",
     "num_evals",
     "num_eval_envs",
+    "checkpoint_interval",
+    "keep_checkpoints",
   ):
     value = getattr(c, field)
     _require(value >= 1, f"{field} ({value}) must be >= 1")

@@ -135,3 +135,23 @@ def gaussian_log_prob(action: jax.Array, mean: jax.Array, std: jax.Array) -> jax
 def gaussian_entropy(std: jax.Array) -> jax.Array:
   """Entropy of a diagonal Gaussian, summed over the last (action) axis."""
   return jnp.sum(jnp.log(std) + 0.5 * (1.0 + math.log(2 * math.pi)), axis=-1)
+
+
+def make_policy(
+  networks: ActorCritic,
+  policy_params: Params,
+  normalizer: RunningStatistics,
+  deterministic: bool = False,
+) -> Callable[..., jax.Array]:
+  """A jittable policy(obs [..., obs_size], key=None) -> action in [-1, 1].
+
+  Without a key (or with deterministic=True) it returns the mean action.
+  """
+
+  def policy(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    mean, std = networks.policy(policy_params, normalizer, obs)
+    if key is None or deterministic:
+      return jnp.clip(mean, -1.0, 1.0)
+    return jnp.clip(mean + std * jax.random.normal(key, mean.shape), -1.0, 1.0)
+
+  return policy

@@ -14,8 +14,11 @@ The host fetches the stacked metrics once per chunk, then evaluates.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -24,11 +27,11 @@ import numpy as np
 import optax
 
 import envs
-from ppo_jax import normalization
+from ppo_jax import checkpoint, logger, normalization
 from ppo_jax.config import PPOConfig
 from ppo_jax.gae import compute_gae
 from ppo_jax.losses import LossMetrics, make_loss
-from ppo_jax.networks import ActorCritic, make_actor_critic
+from ppo_jax.networks import ActorCritic, make_actor_critic, make_policy
 from ppo_jax.rollout import EpisodeStats, evaluate, unroll
 from ppo_jax.types import ActorCriticParams, Batch, TrainState, Transition
 
@@ -299,23 +302,6 @@ def make_evaluator(
   return run
 
 
-def make_policy(
-  networks: ActorCritic, params: ActorCriticParams, normalizer, deterministic: bool = True
-) -> Callable[..., jax.Array]:
-  """A jittable policy(obs [..., obs_size], key=None) -> action in [-1, 1].
-
-  Without a key (or with deterministic=True) it returns the mean action.
-  """
-
-  def policy(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
-    mean, std = networks.policy(params.policy, normalizer, obs)
-    if key is None or deterministic:
-      return jnp.clip(mean, -1.0, 1.0)
-    return jnp.clip(mean + std * jax.random.normal(key, mean.shape), -1.0, 1.0)
-
-  return policy
-
-
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns.
@@ -330,6 +316,7 @@ class TrainResult:
     config: the config trained.
     compile_seconds: time to compile the training chunk.
     train_seconds: wall time of the training chunks (evaluations excluded).
+    run_dir: the run directory, if any.
   """
 
   params: ActorCriticParams
@@ -341,80 +328,167 @@ class TrainResult:
   config: PPOConfig
   compile_seconds: float
   train_seconds: float
+  run_dir: Path | None = None
 
 
-def print_progress(record: dict[str, float]) -> None:
-  """Default progress line, one per evaluation."""
-  parts = [f"steps {int(record['env_steps']):>10,d}"]
-  for key, label, fmt in (
-    ("eval/episode_return", "eval return", "{:9.2f}"),
-    ("episode_return", "train return", "{:9.2f}"),
-    ("approx_kl", "approx_kl", "{:.4f}"),
-    ("clip_fraction", "clip_frac", "{:.3f}"),
-    ("action_std", "std", "{:.3f}"),
-    ("sps", "SPS", "{:,.0f}"),
-  ):
-    if key in record and np.isfinite(record[key]):
-      parts.append(f"{label} " + fmt.format(record[key]))
-  print(" | ".join(parts), flush=True)
+def _records_to_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """JSON records (None for NaN) -> {name: array over records}."""
+  if not records:
+    return {}
+  return {
+    name: np.array([np.nan if r[name] is None else r[name] for r in records], dtype=float)
+    for name in records[0]
+  }
+
+
+def _open_run_dir(run_dir: Path, cfg: PPOConfig, resume: bool) -> None:
+  config_path = run_dir / logger.CONFIG_FILE
+  if resume:
+    if not config_path.exists():
+      raise FileNotFoundError(f"cannot resume {run_dir}: it has no {logger.CONFIG_FILE}")
+    saved = PPOConfig(**json.loads(config_path.read_text()))
+    if saved != cfg:
+      raise ValueError(f"cannot resume {run_dir}: its config.json differs from the config given")
+    return
+  if run_dir.exists() and any(run_dir.iterdir()):
+    raise FileExistsError(f"run directory {run_dir} is not empty; a run is never overwritten")
+  run_dir.mkdir(parents=True, exist_ok=True)
+  if not os.access(run_dir, os.W_OK):
+    raise PermissionError(f"run directory {run_dir} is not writable")
+  config_path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
 def train(
   cfg: PPOConfig,
-  progress_fn: Callable[[dict[str, float]], None] | None = print_progress,
+  run_dir: str | Path | None = None,
+  *,
+  resume: bool = False,
+  show_progress: bool = True,
+  progress_fn: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-  """Trains PPO as configured; the only function with host side effects.
+  """Trains PPO as configured; with `logger`, the only place with host side effects.
 
   Args:
     cfg: the run's configuration (already validated by its constructor).
+    run_dir: where config.json, metrics.jsonl, evals.jsonl, TensorBoard events, checkpoints
+      and the final policy go; None keeps everything in memory. Never overwritten.
+    resume: continue the run in `run_dir` from its latest complete checkpoint; the result
+      is the same as if the run had never stopped.
+    show_progress: a progress bar and a line per evaluation on the console.
     progress_fn: called after each evaluation with a flat dict of the latest metrics.
   """
+  if resume and run_dir is None:
+    raise ValueError("resume=True needs the run_dir to resume")
+  run_dir = Path(run_dir) if run_dir is not None else None
+  if run_dir is not None:
+    _open_run_dir(run_dir, cfg, resume)
   env, networks = make_env_and_networks(cfg)
   state = init_state(cfg, env, networks)
+  eval_key = jax.random.PRNGKey(cfg.seed + 1)
+  checkpoints = checkpoint.manager(run_dir, cfg.keep_checkpoints) if run_dir else None
+  log = logger.RunLogger(run_dir, cfg.total_env_steps, show_progress)
+
+  records: list[dict[str, Any]] = []
+  evals: list[dict[str, Any]] = []
+  if resume:
+    restored = checkpoint.restore_latest(checkpoints, state)
+    if restored is not None:
+      state, host = restored
+      eval_key = jnp.asarray(host["eval_key"], dtype=jnp.uint32)
+    done = int(state.iteration)
+    # Records written after the checkpoint belong to work that is redone now.
+    records = log.metrics.truncate(lambda r: r["iteration"] <= done)
+    evals = log.evals.truncate(lambda r: r["env_steps"] <= done * cfg.env_steps_per_iteration)
+    log.message(f"resuming {run_dir} at iteration {done} of {cfg.num_iterations}")
 
   started = time.perf_counter()
   chunk = jax.jit(make_train_chunk(cfg, env, networks), donate_argnums=0).lower(state).compile()
   evaluator = jax.jit(make_evaluator(cfg, env, networks))
   compile_seconds = time.perf_counter() - started
-  eval_key = jax.random.PRNGKey(cfg.seed + 1)
-
-  history: list[dict[str, np.ndarray]] = []
-  evals: list[dict[str, float]] = []
-  chunk_sps: list[float] = []
+  log.message(f"compiled the training chunk in {compile_seconds:.1f} s")
+  wall_time = records[-1]["wall_time"] if records else 0.0
   train_seconds = 0.0
 
-  def run_eval(env_steps: int, latest: dict[str, float]) -> None:
+  def run_eval() -> dict[str, Any]:
     nonlocal eval_key
     eval_key, key = jax.random.split(eval_key)
-    record = {"env_steps": float(env_steps), **jax.device_get(evaluator(state, key))}
-    evals.append({k: float(v) for k, v in record.items()})
-    if progress_fn is not None:
-      progress_fn({**latest, **evals[-1]})
-
-  run_eval(0, {})
-  for _ in range(cfg.num_chunks):
-    started = time.perf_counter()
-    state, metrics = chunk(state)
-    metrics = jax.device_get(metrics)
-    seconds = time.perf_counter() - started
-    train_seconds += seconds
-    history.append(metrics)
-    chunk_sps.append(cfg.iterations_per_chunk * cfg.env_steps_per_iteration / seconds)
     env_steps = int(state.iteration) * cfg.env_steps_per_iteration
-    latest = {k: float(v[-1]) for k, v in metrics.items() if np.ndim(v) == 1}
-    run_eval(env_steps, {**latest, "sps": chunk_sps[-1]})
+    metrics = jax.device_get(evaluator(state, key))
+    record = {"env_steps": env_steps, "wall_time": wall_time}
+    record.update({name: logger.jsonable(value) for name, value in metrics.items()})
+    evals.append(record)
+    log.log_eval(record)
+    return record
 
-  metrics = {k: np.concatenate([h[k] for h in history]) for k in history[0]}
-  metrics["env_steps"] = (np.arange(cfg.num_iterations) + 1) * cfg.env_steps_per_iteration
-  metrics["sps"] = np.repeat(chunk_sps, cfg.iterations_per_chunk)
+  def save_checkpoint() -> None:
+    host = {"eval_key": np.asarray(eval_key).tolist(), "config": cfg.to_dict()}
+    checkpoint.save(checkpoints, state, host)
+
+  first_chunk = int(state.iteration) // cfg.iterations_per_chunk
+  log.start(int(state.iteration) * cfg.env_steps_per_iteration)
+  if not evals:
+    record = run_eval()
+    if progress_fn is not None:
+      progress_fn(record)
+  last_checkpoint = int(state.iteration)
+  try:
+    for index in range(first_chunk, cfg.num_chunks):
+      started = time.perf_counter()
+      state, metrics = chunk(state)
+      metrics = jax.device_get(metrics)
+      seconds = time.perf_counter() - started
+      train_seconds += seconds
+      wall_time += seconds
+      first = index * cfg.iterations_per_chunk + 1
+      iterations = np.arange(first, first + cfg.iterations_per_chunk)
+      chunk_records = logger.iteration_records(
+        {
+          "iteration": iterations,
+          "env_steps": iterations * cfg.env_steps_per_iteration,
+          "wall_time": np.full(len(iterations), wall_time),
+          "sps": np.full(len(iterations), len(iterations) * cfg.env_steps_per_iteration / seconds),
+          **metrics,
+        }
+      )
+      records.extend(chunk_records)
+      log.log_iterations(chunk_records)
+      record = run_eval()
+      # After the evaluation, so that the checkpoint holds the evaluation key it advanced.
+      last = index == cfg.num_chunks - 1
+      due = int(state.iteration) - last_checkpoint >= cfg.checkpoint_interval
+      if checkpoints is not None and (due or last):
+        save_checkpoint()
+        last_checkpoint = int(state.iteration)
+      if progress_fn is not None:
+        progress_fn({**chunk_records[-1], **record})
+  finally:
+    log.close()
+
+  if run_dir is not None:
+    checkpoint.save_policy(
+      run_dir, cfg, env.observation_size, env.action_size, state.params.policy, state.normalizer
+    )
   return TrainResult(
     params=state.params,
     normalizer=state.normalizer,
-    metrics=metrics,
-    evals={k: np.array([e[k] for e in evals]) for k in evals[0]},
-    policy=make_policy(networks, state.params, state.normalizer),
+    metrics=_records_to_arrays(records),
+    evals=_records_to_arrays(evals),
+    policy=make_policy(networks, state.params.policy, state.normalizer),
     state=state,
     config=cfg,
     compile_seconds=compile_seconds,
     train_seconds=train_seconds,
+    run_dir=run_dir,
   )
+
+
+def load_policy(run_dir: str | Path, deterministic: bool = False) -> Callable[..., jax.Array]:
+  """The final policy of a run, from its directory alone (normalizer included).
+
+  Returns:
+    A jittable policy(obs [..., obs_size], key=None) -> action in [-1, 1]; the mean action
+    without a key (or with deterministic=True), a sample with one.
+  """
+  cfg, observation_size, action_size, params, normalizer = checkpoint.load_policy_payload(run_dir)
+  networks = make_actor_critic(cfg, observation_size, action_size)
+  return make_policy(networks, params, normalizer, deterministic)

@@ -1,0 +1,94 @@
+"""Checkpoints of the whole training state (orbax), and the final policy of a run.
+
+A checkpoint holds everything a run needs to continue as if it had never stopped: params,
+optimizer state, observation statistics, adaptive learning rate, RNG key, every env's state,
+the iteration counter, plus the host's own small state (the evaluation key, the config).
+Orbax writes each one to a temporary directory and renames it when complete, so a kill
+during a write never leaves a checkpoint that `latest` would pick up.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import serialization
+
+from ppo_jax.config import PPOConfig
+from ppo_jax.normalization import RunningStatistics
+from ppo_jax.types import TrainState
+
+CHECKPOINTS = "checkpoints"
+POLICY = "policy"
+
+
+def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
+  """Checkpoint manager of a run directory, keeping the last `keep` checkpoints."""
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=keep, create=True, enable_async_checkpointing=False
+  )
+  return ocp.CheckpointManager(
+    Path(run_dir).absolute() / CHECKPOINTS, options=options, item_names=("state", "host")
+  )
+
+
+def save(mngr: ocp.CheckpointManager, state: TrainState, host: dict[str, Any]) -> None:
+  """Saves the state at its iteration; `host` is JSON (config, evaluation key, ...)."""
+  mngr.save(
+    int(state.iteration),
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
+  )
+  mngr.wait_until_finished()
+
+
+def restore_latest(
+  mngr: ocp.CheckpointManager, like: TrainState
+) -> tuple[TrainState, dict[str, Any]] | None:
+  """The latest complete checkpoint as (state, host), shaped like `like`; None if none."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  restored = mngr.restore(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()),
+  )
+  return restored.state, restored.host
+
+
+def save_policy(
+  run_dir: str | Path,
+  cfg: PPOConfig,
+  observation_size: int,
+  action_size: int,
+  policy_params: Any,
+  normalizer: RunningStatistics,
+) -> Path:
+  """Writes what `load_policy` needs: the policy params, the normalizer and the sizes."""
+  directory = Path(run_dir) / POLICY
+  directory.mkdir(parents=True, exist_ok=True)
+  payload = {"policy": policy_params, "normalizer": normalizer}
+  (directory / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(payload)))
+  spec = {
+    "config": cfg.to_dict(),
+    "observation_size": observation_size,
+    "action_size": action_size,
+  }
+  (directory / "policy.json").write_text(json.dumps(spec, indent=2))
+  return directory
+
+
+def load_policy_payload(run_dir: str | Path) -> tuple[PPOConfig, int, int, Any, RunningStatistics]:
+  """(config, observation_size, action_size, policy params, normalizer) of a saved policy."""
+  directory = Path(run_dir) / POLICY
+  if not (directory / "policy.json").exists():
+    raise FileNotFoundError(f"{run_dir} has no saved policy ({directory}/policy.json)")
+  spec = json.loads((directory / "policy.json").read_text())
+  cfg = PPOConfig(**spec["config"])
+  raw = serialization.msgpack_restore((directory / "params.msgpack").read_bytes())
+  normalizer = RunningStatistics(**{k: np.asarray(v) for k, v in raw["normalizer"].items()})
+  return cfg, spec["observation_size"], spec["action_size"], raw["policy"], normalizer

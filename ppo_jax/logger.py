@@ -1,0 +1,136 @@
+"""Host-side sinks only: the console (a progress bar), JSON lines and TensorBoard.
+
+Nothing here touches the device; `train` hands over numpy metrics once per chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+METRICS_FILE = "metrics.jsonl"
+EVALS_FILE = "evals.jsonl"
+CONFIG_FILE = "config.json"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def jsonable(value: Any) -> Any:
+  """numpy scalars and arrays -> JSON values, NaN and Inf -> null."""
+  value = np.asarray(value)
+  if value.ndim:
+    return [jsonable(v) for v in value]
+  value = value.item()
+  return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def iteration_records(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+  """Stacked chunk metrics ({name: [K, ...]}) -> one JSON-ready dict per iteration."""
+  count = len(next(iter(metrics.values())))
+  return [{name: jsonable(value[i]) for name, value in metrics.items()} for i in range(count)]
+
+
+class JsonLines:
+  """Appends JSON records to a file, flushed to disk after each batch."""
+
+  def __init__(self, path: Path):
+    self.path = path
+
+  def write(self, records: list[dict[str, Any]]) -> None:
+    with self.path.open("a") as f:
+      for record in records:
+        f.write(json.dumps(record) + "\n")
+      f.flush()
+      os.fsync(f.fileno())
+
+  def read(self) -> list[dict[str, Any]]:
+    if not self.path.exists():
+      return []
+    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+  def truncate(self, keep) -> list[dict[str, Any]]:
+    """Keeps only the records for which keep(record) holds (e.g. up to a checkpoint)."""
+    records = [r for r in self.read() if keep(r)]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+class RunLogger:
+  """Writes a run's metrics to its directory (JSONL, TensorBoard) and to the console.
+
+  Args:
+    run_dir: the run directory, or None for console only.
+    total_steps: env steps of the whole run (for the progress bar and its ETA).
+    show_progress: draw a progress bar and a line per evaluation.
+  """
+
+  def __init__(self, run_dir: Path | None, total_steps: int, show_progress: bool):
+    self.metrics = JsonLines(run_dir / METRICS_FILE) if run_dir else None
+    self.evals = JsonLines(run_dir / EVALS_FILE) if run_dir else None
+    self.tensorboard = None
+    if run_dir:
+      from tensorboardX import SummaryWriter
+
+      self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR), flush_secs=30)
+    self.bar = (
+      tqdm(total=total_steps, unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.3)
+      if show_progress
+      else None
+    )
+
+  def start(self, env_steps: int) -> None:
+    if self.bar is not None:
+      self.bar.update(env_steps - self.bar.n)
+
+  def message(self, text: str) -> None:
+    if self.bar is not None:
+      self.bar.write(text)
+
+  def log_iterations(self, records: list[dict[str, Any]]) -> None:
+    if self.metrics is not None:
+      self.metrics.write(records)
+    if self.tensorboard is not None:
+      for record in records:
+        for name, value in record.items():
+          if isinstance(value, (int, float)) and name not in ("iteration", "env_steps"):
+            self.tensorboard.add_scalar(f"train/{name}", value, record["env_steps"])
+    if self.bar is not None:
+      last = records[-1]
+      self.bar.update(last["env_steps"] - self.bar.n)
+      self.bar.set_postfix_str(
+        " ".join(
+          f"{label} {fmt.format(last[key])}"
+          for key, label, fmt in (
+            ("sps", "SPS", "{:,.0f}"),
+            ("episode_return", "return", "{:.1f}"),
+            ("approx_kl", "kl", "{:.4f}"),
+            ("clip_fraction", "clip", "{:.3f}"),
+          )
+          if last.get(key) is not None
+        ),
+        refresh=True,
+      )
+
+  def log_eval(self, record: dict[str, Any]) -> None:
+    if self.evals is not None:
+      self.evals.write([record])
+    if self.tensorboard is not None:
+      for name, value in record.items():
+        if name.startswith("eval/") and value is not None:
+          self.tensorboard.add_scalar(name, value, record["env_steps"])
+    self.message(
+      f"eval @ {record['env_steps']:>12,d} steps: return {record['eval/episode_return']:.2f} "
+      f"+- {record['eval/episode_return_std']:.2f}, length {record['eval/episode_length']:.0f}, "
+      f"terminated {record['eval/termination_rate']:.0%}"
+    )
+
+  def close(self) -> None:
+    if self.tensorboard is not None:
+      self.tensorboard.close()
+    if self.bar is not None:
+      self.bar.close()
