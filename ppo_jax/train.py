@@ -396,11 +396,15 @@ def train(
       state, host = restored
       eval_key = jnp.asarray(host["eval_key"], dtype=jnp.uint32)
     done = int(state.iteration)
-    # Records written after the checkpoint belong to work that is redone now.
+    # Records written after the checkpoint belong to work that is redone now (with no
+    # checkpoint at all, that includes the first evaluation).
     records = log.metrics.truncate(lambda r: r["iteration"] <= done)
-    evals = log.evals.truncate(lambda r: r["env_steps"] <= done * cfg.env_steps_per_iteration)
+    evals = log.evals.truncate(
+      lambda r: restored is not None and r["env_steps"] <= done * cfg.env_steps_per_iteration
+    )
     log.message(f"resuming {run_dir} at iteration {done} of {cfg.num_iterations}")
 
+  log.message(f"compiling the training chunk ({cfg.iterations_per_chunk} iterations) ...")
   started = time.perf_counter()
   chunk = jax.jit(make_train_chunk(cfg, env, networks), donate_argnums=0).lower(state).compile()
   evaluator = jax.jit(make_evaluator(cfg, env, networks))
