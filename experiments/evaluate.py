@@ -1,0 +1,343 @@
+"""Evaluate a run's final policy: per-episode returns, a step-by-step trace and a video.
+
+python -m experiments.evaluate RUN_DIR [--episodes 10] [--deterministic] [--seed 0] [--no-video]
+
+Runs `--episodes` fresh envs in parallel for `max_episode_steps` steps (one jitted scan)
+and keeps each env's first episode only. Everything goes to a new folder,
+RUN_DIR/eval/<date>-<time>[-n]/, so an earlier evaluation is never overwritten:
+
+  returns.json  per-episode returns, lengths and termination flags, their mean and std,
+                the seed and whether actions were deterministic.
+  trace.npz     observations [T, N, obs], actions [T, N, act] (clipped, as sent to the env),
+                rewards [T, N], terminations [T, N], truncations [T, N] and alive [T, N]
+                (True up to and including the step that ends the env's first episode).
+  episode0.mp4  episode 0 rendered by the source env's own renderer (a .gif where ffmpeg is
+                missing). Only Brax and Playground envs render, and only with MUJOCO_GL set
+                (egl or osmesa on a headless machine); otherwise a one-line note says why.
+                A rendering failure never fails the evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from envs import Environment
+from ppo_jax import PPOConfig, load_policy
+from ppo_jax.rollout import env_step
+from ppo_jax.train import make_env_and_networks
+
+EVAL_DIR = "eval"
+RETURNS_FILE = "returns.json"
+TRACE_FILE = "trace.npz"
+VIDEO_NAME = "episode0"
+# Sources whose envs are MuJoCo models, rendered by their own `render`.
+MUJOCO_SOURCES = ("brax/", "playground/")
+
+
+class Trace(NamedTuple):
+  """One step of every env; the scan stacks it to [T, N, ...].
+
+  Attributes:
+    observations: [N, obs] observation the action was chosen from.
+    actions: [N, act] action sent to the env, clipped to [-1, 1].
+    rewards: [N] reward of the step.
+    terminations: [N] the step ended the episode through the task.
+    truncations: [N] the step hit the time limit.
+    alive: [N] the step belongs to the env's first episode.
+  """
+
+  observations: jax.Array
+  actions: jax.Array
+  rewards: jax.Array
+  terminations: jax.Array
+  truncations: jax.Array
+  alive: jax.Array
+
+
+def render_states(env: Environment) -> Callable[[Any], Any]:
+  """What the source's `render` takes of its core state: Brax renders pipeline states,
+  Playground renders whole core states."""
+  if env.name.startswith("brax/"):
+    return lambda core: core.pipeline_state
+  return lambda core: core
+
+
+def make_rollout(
+  env: Environment,
+  policy: Callable[..., jax.Array],
+  num_episodes: int,
+  record_env0: bool,
+) -> Callable[[jax.Array], tuple[Trace, Any]]:
+  """Returns rollout(key) -> (trace [T, N, ...], env 0's render states [T, ...] or None).
+
+  T is `env.max_episode_steps`, so every env ends its first episode within the scan.
+  Steps after an env's first done are still taken (the env auto-resets) but masked.
+
+  Args:
+    env: the wrapped environment.
+    policy: policy(obs [N, obs], key) -> action [N, act] in [-1, 1], as `load_policy` makes;
+      a deterministic one ignores the key.
+    num_episodes: N, envs run in parallel, one episode each.
+    record_env0: also return env 0's render states before each step (for a video).
+  """
+  select = render_states(env)
+
+  def rollout(key: jax.Array) -> tuple[Trace, Any]:
+    reset_key, policy_key = jax.random.split(key)
+    state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+
+    def step(carry, step_key):
+      state, alive = carry
+      action = policy(state.obs, step_key)
+      next_state = env_step(env, state, action)
+      trace = Trace(
+        observations=state.obs,
+        actions=jnp.clip(action, -1.0, 1.0),
+        rewards=next_state.reward,
+        terminations=next_state.termination > 0,
+        truncations=next_state.truncation > 0,
+        alive=alive,
+      )
+      # Env 0 before the step: its core is never an auto-reset one while it is alive.
+      frame = jax.tree.map(lambda x: x[0], select(state.core)) if record_env0 else None
+      return (next_state, alive & (next_state.done == 0)), (trace, frame)
+
+    carry = (state, jnp.ones((num_episodes,), bool))
+    _, (trace, frames) = jax.lax.scan(
+      step, carry, jax.random.split(policy_key, env.max_episode_steps)
+    )
+    return trace, frames
+
+  return rollout
+
+
+def summarize(trace: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Per-episode results from a host trace (numpy arrays [T, N])."""
+  alive = trace["alive"]
+  returns = np.sum(np.where(alive, trace["rewards"], 0.0), axis=0)
+  lengths = np.sum(alive, axis=0)
+  terminated = np.any(alive & trace["terminations"], axis=0)
+  truncated = np.any(alive & trace["truncations"], axis=0)
+  return {
+    "returns": returns.tolist(),
+    "lengths": lengths.tolist(),
+    "terminated": terminated.tolist(),
+    "truncated": truncated.tolist(),
+    "mean_return": float(np.mean(returns)),
+    "std_return": float(np.std(returns)),
+    "mean_length": float(np.mean(lengths)),
+    "termination_rate": float(np.mean(terminated)),
+  }
+
+
+def new_eval_dir(run_dir: Path) -> Path:
+  """RUN_DIR/eval/<date>-<time>[-n], created here; never an existing folder."""
+  base = run_dir / EVAL_DIR / time.strftime("%Y%m%d-%H%M%S")
+  base.parent.mkdir(parents=True, exist_ok=True)
+  path, n = base, 1
+  while True:
+    try:
+      path.mkdir()
+      return path
+    except FileExistsError:
+      path, n = Path(f"{base}-{n}"), n + 1
+
+
+def one_line(error: BaseException) -> str:
+  """'Type: message' of an exception, on one line."""
+  text = " ".join(str(error).split())
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def mujoco_import_error() -> str | None:
+  """Why `import mujoco` fails under this process's MUJOCO_GL, or None when it works.
+
+  A MUJOCO_GL whose library is missing (osmesa without libOSMesa) breaks the import itself,
+  and with it every Brax and Playground env; a subprocess finds out without harming this one.
+  """
+  if "mujoco" in sys.modules or not os.environ.get("MUJOCO_GL", "").strip():
+    return None
+  try:
+    probe = subprocess.run(
+      [sys.executable, "-c", "import mujoco"], capture_output=True, text=True, timeout=300
+    )
+  except subprocess.TimeoutExpired:
+    return "import mujoco timed out"
+  if probe.returncode == 0:
+    return None
+  lines = [line.strip() for line in probe.stderr.splitlines() if line.strip()]
+  return lines[-1] if lines else f"import mujoco exited with status {probe.returncode}"
+
+
+@contextlib.contextmanager
+def mujoco_gl(value: str | None) -> Iterator[None]:
+  """Sets MUJOCO_GL for the block (None: leaves it as it is), then restores it."""
+  before = os.environ.get("MUJOCO_GL")
+  if value is not None:
+    os.environ["MUJOCO_GL"] = value
+  try:
+    yield
+  finally:
+    if before is None:
+      os.environ.pop("MUJOCO_GL", None)
+    else:
+      os.environ["MUJOCO_GL"] = before
+
+
+def rendering_unavailable(env_name: str, gl_error: str | None) -> str | None:
+  """Why this env cannot be rendered here, known before any rendering; None if it may be.
+
+  Args:
+    env_name: "<source>/<name>".
+    gl_error: `mujoco_import_error()`, for Brax and Playground envs.
+  """
+  if not env_name.startswith(MUJOCO_SOURCES):
+    return f"{env_name} is a built-in task, which has no renderer"
+  gl = os.environ.get("MUJOCO_GL", "").strip()
+  if not gl:
+    return "MUJOCO_GL is not set (set MUJOCO_GL=egl, or osmesa, to render headless)"
+  if gl.lower() in ("disable", "disabled", "off", "false", "0"):
+    return f"MUJOCO_GL={gl} disables rendering"
+  if gl_error is not None:
+    return f"MuJoCo cannot load its MUJOCO_GL={gl} backend ({gl_error})"
+  return None
+
+
+def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> tuple[Path, str | None]:
+  """Writes frames [H, W, 3] to path.mp4 with mediapy, or to path.gif where that fails
+  (mediapy needs the ffmpeg program).
+
+  Returns:
+    (the file written, why it is a GIF or None).
+  """
+  import mediapy
+
+  try:
+    mediapy.write_video(path.with_suffix(".mp4"), frames, fps=fps)
+    return path.with_suffix(".mp4"), None
+  except Exception as error:  # most often: no ffmpeg
+    path.with_suffix(".mp4").unlink(missing_ok=True)
+    from PIL import Image
+
+    images = [Image.fromarray(np.asarray(frame)) for frame in frames]
+    gif = path.with_suffix(".gif")
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return gif, f"GIF, since mediapy could not write an mp4: {one_line(error)}"
+
+
+def render_episode(
+  env: Environment, states: Any, length: int, path: Path
+) -> tuple[Path, str | None]:
+  """Renders the first `length` of env 0's stacked render states [T, ...] to a video.
+
+  Returns:
+    What `write_video` returns.
+  """
+  states = jax.device_get(states)
+  trajectory = [jax.tree.map(lambda x, t=t: x[t], states) for t in range(length)]
+  frames = env.core.render(trajectory)
+  fps = 1.0 / (float(getattr(env.core, "dt", 1.0 / 30.0)) * env.action_repeat)
+  return write_video(path, frames, fps)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+  path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    description="Evaluate a run's final policy; results go to RUN_DIR/eval/<time>/.",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  parser.add_argument("run_dir", type=Path, help="run directory (config.json, policy/)")
+  parser.add_argument("--episodes", type=int, default=10, help="episodes, run in parallel")
+  parser.add_argument(
+    "--deterministic", action="store_true", help="act with the mean action, not a sample"
+  )
+  parser.add_argument("--seed", type=int, default=0, help="seed of the resets and actions")
+  parser.add_argument("--no-video", action="store_true", help="do not render episode 0")
+  return parser
+
+
+def main(argv: list[str] | None = None) -> Path:
+  """Evaluates RUN_DIR's final policy; returns the new evaluation folder."""
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  run_dir: Path = args.run_dir
+  if args.episodes < 1:
+    parser.error(f"--episodes ({args.episodes}) must be >= 1")
+  config_path = run_dir / "config.json"
+  if not config_path.exists():
+    parser.error(f"{run_dir} has no config.json")
+  cfg = PPOConfig(**json.loads(config_path.read_text()))
+
+  # A MUJOCO_GL that breaks `import mujoco` would break the env too: then it is made without GL.
+  gl_error = mujoco_import_error() if cfg.env.startswith(MUJOCO_SOURCES) else None
+  with mujoco_gl("disable" if gl_error is not None else None):
+    env = make_env_and_networks(cfg)[0]
+  no_video = "skipped (--no-video)" if args.no_video else rendering_unavailable(cfg.env, gl_error)
+  policy = load_policy(run_dir, deterministic=args.deterministic)
+  rollout = jax.jit(make_rollout(env, policy, args.episodes, record_env0=no_video is None))
+  trace, states = rollout(jax.random.PRNGKey(args.seed))
+  trace = {name: np.asarray(value) for name, value in jax.device_get(trace)._asdict().items()}
+
+  out = new_eval_dir(run_dir)
+  np.savez(out / TRACE_FILE, **trace)
+  results = {
+    "env": cfg.env,
+    "episodes": args.episodes,
+    "deterministic": args.deterministic,
+    "seed": args.seed,
+    "max_episode_steps": env.max_episode_steps,
+    **summarize(trace),
+    "video": None,
+    "video_note": no_video,
+  }
+  write_json(out / RETURNS_FILE, results)  # before rendering, which may be slow or crash
+
+  for i, (ret, length, terminated) in enumerate(
+    zip(results["returns"], results["lengths"], results["terminated"], strict=True)
+  ):
+    ending = "terminated" if terminated else "truncated"
+    print(f"episode {i}: return {ret:.2f}, length {length} ({ending})")
+  mode = "deterministic" if args.deterministic else "sampled"
+  print(
+    f"{cfg.env}: mean return {results['mean_return']:.2f} +- {results['std_return']:.2f} over "
+    f"{args.episodes} episodes ({mode} actions, seed {args.seed}), mean length "
+    f"{results['mean_length']:.1f}, terminated {sum(results['terminated'])}/{args.episodes}"
+  )
+
+  if no_video is None:
+    try:
+      video, format_note = render_episode(env, states, results["lengths"][0], out / VIDEO_NAME)
+      results["video"], results["video_note"] = video.name, format_note
+    except Exception as error:  # a renderer that fails must not fail the evaluation
+      no_video = f"the renderer failed ({one_line(error)})"
+      results["video_note"] = no_video
+    write_json(out / RETURNS_FILE, results)
+  if results["video"] is not None:
+    note = f" ({results['video_note']})" if results["video_note"] else ""
+    print(f"video of episode 0: {out / results['video']}{note}")
+  elif args.no_video:
+    print(f"video: {no_video}")
+  else:
+    print(f"video: rendering is unavailable: {no_video}")
+  print(f"wrote {out}")
+  return out
+
+
+if __name__ == "__main__":
+  main()
