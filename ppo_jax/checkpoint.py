@@ -20,7 +20,6 @@ from flax import serialization
 
 from ppo_jax.config import PPOConfig
 from ppo_jax.normalization import RunningStatistics
-from ppo_jax.types import TrainState
 
 CHECKPOINTS = "checkpoints"
 POLICY = "policy"
@@ -36,28 +35,37 @@ def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
   )
 
 
-def save(mngr: ocp.CheckpointManager, state: TrainState, host: dict[str, Any]) -> None:
-  """Saves the state at its iteration; `host` is JSON (config, evaluation key, ...)."""
+def _nonempty_leaves(tree: Any) -> dict[str, Any]:
+  """Leaves with data, keyed by position: orbax refuses zero-size arrays, which MJX states
+  hold (e.g. `data.act` of a model without activations). Their shape alone restores them."""
+  return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if np.size(leaf)}
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, host: dict[str, Any]) -> None:
+  """Saves `state` (any pytree of arrays) as checkpoint `step`; `host` is JSON-able."""
   mngr.save(
-    int(state.iteration),
-    args=ocp.args.Composite(state=ocp.args.StandardSave(state), host=ocp.args.JsonSave(host)),
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(_nonempty_leaves(state)), host=ocp.args.JsonSave(host)
+    ),
   )
   mngr.wait_until_finished()
 
 
-def restore_latest(
-  mngr: ocp.CheckpointManager, like: TrainState
-) -> tuple[TrainState, dict[str, Any]] | None:
-  """The latest complete checkpoint as (state, host), shaped like `like`; None if none."""
+def restore_latest(mngr: ocp.CheckpointManager, like: Any) -> tuple[Any, dict[str, Any]] | None:
+  """The latest complete checkpoint as (state, host), `state` shaped like `like`; None if none."""
   step = mngr.latest_step()
   if step is None:
     return None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _nonempty_leaves(like))
   restored = mngr.restore(
     step,
     args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()),
   )
-  return restored.state, restored.host
+  leaves, treedef = jax.tree.flatten(like)
+  data = restored.state
+  leaves = [data[f"{i:06d}"] if np.size(leaf) else leaf for i, leaf in enumerate(leaves)]
+  return jax.tree.unflatten(treedef, leaves), restored.host
 
 
 def save_policy(

@@ -384,7 +384,7 @@ def train(
     _open_run_dir(run_dir, cfg, resume)
   env, networks = make_env_and_networks(cfg)
   state = init_state(cfg, env, networks)
-  eval_key = jax.random.PRNGKey(cfg.seed + 1)
+  eval_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)  # apart from init_state's
   checkpoints = checkpoint.manager(run_dir, cfg.keep_checkpoints) if run_dir else None
   log = logger.RunLogger(run_dir, cfg.total_env_steps, show_progress)
 
@@ -426,7 +426,7 @@ def train(
 
   def save_checkpoint() -> None:
     host = {"eval_key": np.asarray(eval_key).tolist(), "config": cfg.to_dict()}
-    checkpoint.save(checkpoints, state, host)
+    checkpoint.save(checkpoints, int(state.iteration), state, host)
 
   first_chunk = int(state.iteration) // cfg.iterations_per_chunk
   log.start(int(state.iteration) * cfg.env_steps_per_iteration)
