@@ -35,6 +35,32 @@ _PLAYGROUND_DM_CONTROL = {
   "value_hidden_layer_sizes": (256, 256, 256, 256, 256),
 }
 
+
+def _brax(name: str, **published) -> PPOConfig:
+  """A Brax env on the mjx pipeline with the settings every Brax PPO entry shares."""
+  shared = dict(
+    episode_length=1000,
+    normalize_observations=True,
+    action_repeat=1,
+    num_minibatches=32,
+    learning_rate=3e-4,
+  )
+  return PPOConfig(env=f"brax/{name}", env_backend="mjx", **{**shared, **published})
+
+
+# Brax training colab (notebooks/training.ipynb) train_fns["ant"].
+_BRAX_ANT = dict(
+  num_timesteps=50_000_000,
+  num_evals=10,  # 9 chunks of 17 iterations: 50.1M steps
+  reward_scaling=10.0,
+  unroll_length=5,
+  num_updates_per_batch=4,
+  discounting=0.97,
+  entropy_cost=1e-2,
+  num_envs=4096,
+  batch_size=2048,
+)
+
 PRESETS: dict[str, PPOConfig] = {
   # Brax's published settings for inverted_pendulum, on 1024 envs; solved (1000) near 1.3M steps.
   "brax_inverted_pendulum": PPOConfig(
@@ -54,101 +80,49 @@ PRESETS: dict[str, PPOConfig] = {
     num_evals=14,  # 13 chunks of one iteration: 2.13M steps
   ),
   # Brax training colab (notebooks/training.ipynb) train_fns["inverted_double_pendulum"].
-  "brax_inverted_double_pendulum": PPOConfig(
-    env="brax/inverted_double_pendulum",
-    env_backend="mjx",
+  "brax_inverted_double_pendulum": _brax(
+    "inverted_double_pendulum",
     num_timesteps=20_000_000,
     num_evals=20,  # 19 chunks of 7 iterations: 21.8M steps (Brax rounds up the same way)
     reward_scaling=10.0,
-    episode_length=1000,
-    normalize_observations=True,
-    action_repeat=1,
     unroll_length=5,
-    num_minibatches=32,
     num_updates_per_batch=4,
     discounting=0.97,
-    learning_rate=3e-4,
     entropy_cost=1e-2,
     num_envs=2048,
     batch_size=1024,
   ),
   # Brax training colab (notebooks/training.ipynb) train_fns["ant"].
-  "brax_ant": PPOConfig(
-    env="brax/ant",
-    env_backend="mjx",
-    num_timesteps=50_000_000,
-    num_evals=10,  # 9 chunks of 17 iterations: 50.1M steps
-    reward_scaling=10.0,
-    episode_length=1000,
-    normalize_observations=True,
-    action_repeat=1,
-    unroll_length=5,
-    num_minibatches=32,
-    num_updates_per_batch=4,
-    discounting=0.97,
-    learning_rate=3e-4,
-    entropy_cost=1e-2,
-    num_envs=4096,
-    batch_size=2048,
-  ),
+  "brax_ant": _brax("ant", **_BRAX_ANT),
   # Brax training colab (notebooks/training.ipynb) train_fns["humanoid"].
-  "brax_humanoid": PPOConfig(
-    env="brax/humanoid",
-    env_backend="mjx",
+  "brax_humanoid": _brax(
+    "humanoid",
     num_timesteps=50_000_000,
     num_evals=10,  # 9 chunks of 17 iterations: 50.1M steps
     reward_scaling=0.1,
-    episode_length=1000,
-    normalize_observations=True,
-    action_repeat=1,
     unroll_length=10,
-    num_minibatches=32,
     num_updates_per_batch=8,
     discounting=0.97,
-    learning_rate=3e-4,
     entropy_cost=1e-3,
     num_envs=2048,
     batch_size=1024,
   ),
   # Brax training colab (notebooks/training.ipynb) train_fns["halfcheetah"].
-  "brax_halfcheetah": PPOConfig(
-    env="brax/halfcheetah",
-    env_backend="mjx",
+  "brax_halfcheetah": _brax(
+    "halfcheetah",
     num_timesteps=50_000_000,
     num_evals=18,  # Brax's 20 would round up to 56.0M steps; 17 chunks of 9 give 50.1M
     reward_scaling=1.0,
-    episode_length=1000,
-    normalize_observations=True,
-    action_repeat=1,
     unroll_length=20,
-    num_minibatches=32,
     num_updates_per_batch=8,
     discounting=0.95,
-    learning_rate=3e-4,
     entropy_cost=1e-3,
     num_envs=2048,
     batch_size=512,
   ),
   # Brax publishes only SAC for hopper; these are its PPO settings for ant (train_fns["ant"]),
   # the closest published entry: the same Gym-style healthy reward and termination on a fall.
-  "brax_hopper": PPOConfig(
-    env="brax/hopper",
-    env_backend="mjx",
-    num_timesteps=50_000_000,
-    num_evals=10,  # 9 chunks of 17 iterations: 50.1M steps
-    reward_scaling=10.0,
-    episode_length=1000,
-    normalize_observations=True,
-    action_repeat=1,
-    unroll_length=5,
-    num_minibatches=32,
-    num_updates_per_batch=4,
-    discounting=0.97,
-    learning_rate=3e-4,
-    entropy_cost=1e-2,
-    num_envs=4096,
-    batch_size=2048,
-  ),
+  "brax_hopper": _brax("hopper", **_BRAX_ANT),
   # CleanRL-like settings (ppo_continuous_action: 10 epochs, gamma 0.99, lr 3e-4, clip 0.2,
   # grad norm 0.5, no entropy bonus) on 64 envs: Playground's big-batch DM Control settings,
   # scaled down to what a CPU can run, do not learn this task.
