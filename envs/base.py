@@ -45,9 +45,11 @@ class EnvState:
     termination: [] 1.0 if the last step ended the episode through the task (a fall).
     truncation: [] 1.0 if the last step hit the time limit without a termination.
     final_obs: [obs_size] observation the last step reached, before any reset.
-    metrics: per-step metrics the source env reports (e.g. reward terms).
+    metrics: per-step metrics the source env reports (e.g. reward terms, contact forces),
+      scalars as float32.
     steps: [] agent steps taken in the current episode.
     episode_return: [] undiscounted return of the current episode so far.
+    episode_metrics: `metrics` summed over the current episode so far.
     key: RNG key used for the next reset.
     core: the source environment's own state.
   """
@@ -60,6 +62,7 @@ class EnvState:
   metrics: dict[str, jax.Array]
   steps: jax.Array
   episode_return: jax.Array
+  episode_metrics: dict[str, jax.Array]
   key: jax.Array
   core: Any
 
@@ -116,15 +119,17 @@ class Environment:
     core = self.core.reset(core_key)
     obs = _check_obs(core.obs, self.name)
     zero = jnp.zeros((), jnp.float32)
+    metrics = _scalar_metrics(core.metrics)
     return EnvState(
       obs=obs,
       reward=zero,
       termination=zero,
       truncation=zero,
       final_obs=obs,
-      metrics=dict(core.metrics),
+      metrics=metrics,
       steps=jnp.zeros((), jnp.int32),
       episode_return=zero,
+      episode_metrics=jax.tree.map(jnp.zeros_like, metrics),
       key=key,
       core=core,
     )
@@ -138,7 +143,7 @@ class Environment:
     )
     final_obs = _check_obs(core.obs, self.name)
     # Like the reward, the metrics are the step's, not those of the reset that follows it.
-    metrics = dict(core.metrics)
+    metrics = _scalar_metrics(core.metrics)
     done = jnp.maximum(termination, truncation) > 0
 
     key, reset_key = jax.random.split(state.key)
@@ -153,6 +158,9 @@ class Environment:
       metrics=metrics,
       steps=jnp.where(done, 0, steps),
       episode_return=jnp.where(done, 0.0, state.episode_return + reward),
+      episode_metrics=jax.tree.map(
+        lambda total, value: jnp.where(done, 0.0, total + value), state.episode_metrics, metrics
+      ),
       key=key,
       core=core,
     )
@@ -183,6 +191,13 @@ class Environment:
 def _scalar(x) -> jax.Array:
   # Some sources return Python floats (Brax's inverted_pendulum: `reward = 1.0`).
   return jnp.asarray(x, jnp.float32)
+
+
+def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, jax.Array]:
+  """The scalar entries of a source env's metrics, as float32 (others have no episode mean)."""
+  return {
+    name: jnp.asarray(value, jnp.float32) for name, value in metrics.items() if jnp.ndim(value) == 0
+  }
 
 
 def _check_obs(obs: Any, name: str) -> jax.Array:

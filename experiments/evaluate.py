@@ -9,6 +9,7 @@ RUN_DIR/eval/<date>-<time>[-n]/, so an earlier evaluation is never overwritten:
   returns.json  per-episode returns, lengths and termination flags, their mean and std,
                 the seed and whether actions were deterministic.
   trace.npz     observations [T, N, obs], actions [T, N, act] (clipped, as sent to the env),
+                saturated [T, N] (fraction of action dimensions at the bounds, unclipped),
                 rewards [T, N], terminations [T, N], truncations [T, N] and alive [T, N]
                 (True up to and including the step that ends the env's first episode).
   episode0.mp4  episode 0 rendered by the source env's own renderer (a .gif where ffmpeg is
@@ -28,15 +29,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from envs import Environment
 from ppo_jax import PPOConfig, load_policy
-from ppo_jax.rollout import env_step
+from ppo_jax.rollout import Trace, summarize_trace, trace_episodes
 from ppo_jax.train import make_env_and_networks
 
 EVAL_DIR = "eval"
@@ -45,26 +45,6 @@ TRACE_FILE = "trace.npz"
 VIDEO_NAME = "episode0"
 # Sources whose envs are MuJoCo models, rendered by their own `render`.
 MUJOCO_SOURCES = ("brax/", "playground/")
-
-
-class Trace(NamedTuple):
-  """One step of every env; the scan stacks it to [T, N, ...].
-
-  Attributes:
-    observations: [N, obs] observation the action was chosen from.
-    actions: [N, act] action sent to the env, clipped to [-1, 1].
-    rewards: [N] reward of the step.
-    terminations: [N] the step ended the episode through the task.
-    truncations: [N] the step hit the time limit.
-    alive: [N] the step belongs to the env's first episode.
-  """
-
-  observations: jax.Array
-  actions: jax.Array
-  rewards: jax.Array
-  terminations: jax.Array
-  truncations: jax.Array
-  alive: jax.Array
 
 
 def render_states(env: Environment) -> Callable[[Any], Any]:
@@ -81,10 +61,8 @@ def make_rollout(
   num_episodes: int,
   record_env0: bool,
 ) -> Callable[[jax.Array], tuple[Trace, Any]]:
-  """Returns rollout(key) -> (trace [T, N, ...], env 0's render states [T, ...] or None).
-
-  T is `env.max_episode_steps`, so every env ends its first episode within the scan.
-  Steps after an env's first done are still taken (the env auto-resets) but masked.
+  """Returns rollout(key) -> (trace [T, N, ...], env 0's render states [T, ...] or None),
+  as `ppo_jax.rollout.trace_episodes` records them.
 
   Args:
     env: the wrapped environment.
@@ -93,54 +71,8 @@ def make_rollout(
     num_episodes: N, envs run in parallel, one episode each.
     record_env0: also return env 0's render states before each step (for a video).
   """
-  select = render_states(env)
-
-  def rollout(key: jax.Array) -> tuple[Trace, Any]:
-    reset_key, policy_key = jax.random.split(key)
-    state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
-
-    def step(carry, step_key):
-      state, alive = carry
-      action = policy(state.obs, step_key)
-      next_state = env_step(env, state, action)
-      trace = Trace(
-        observations=state.obs,
-        actions=jnp.clip(action, -1.0, 1.0),
-        rewards=next_state.reward,
-        terminations=next_state.termination > 0,
-        truncations=next_state.truncation > 0,
-        alive=alive,
-      )
-      # Env 0 before the step: its core is never an auto-reset one while it is alive.
-      frame = jax.tree.map(lambda x: x[0], select(state.core)) if record_env0 else None
-      return (next_state, alive & (next_state.done == 0)), (trace, frame)
-
-    carry = (state, jnp.ones((num_episodes,), bool))
-    _, (trace, frames) = jax.lax.scan(
-      step, carry, jax.random.split(policy_key, env.max_episode_steps)
-    )
-    return trace, frames
-
-  return rollout
-
-
-def summarize(trace: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Per-episode results from a host trace (numpy arrays [T, N])."""
-  alive = trace["alive"]
-  returns = np.sum(np.where(alive, trace["rewards"], 0.0), axis=0)
-  lengths = np.sum(alive, axis=0)
-  terminated = np.any(alive & trace["terminations"], axis=0)
-  truncated = np.any(alive & trace["truncations"], axis=0)
-  return {
-    "returns": returns.tolist(),
-    "lengths": lengths.tolist(),
-    "terminated": terminated.tolist(),
-    "truncated": truncated.tolist(),
-    "mean_return": float(np.mean(returns)),
-    "std_return": float(np.std(returns)),
-    "mean_length": float(np.mean(lengths)),
-    "termination_rate": float(np.mean(terminated)),
-  }
+  record = render_states(env) if record_env0 else None
+  return lambda key: trace_episodes(env, policy, key, num_episodes, record)
 
 
 def new_eval_dir(run_dir: Path) -> Path:
@@ -302,7 +234,7 @@ def main(argv: list[str] | None = None) -> Path:
     "deterministic": args.deterministic,
     "seed": args.seed,
     "max_episode_steps": env.max_episode_steps,
-    **summarize(trace),
+    **summarize_trace(trace),
     "video": None,
     "video_note": no_video,
   }

@@ -74,6 +74,25 @@ class PPOConfig:
       `num_evals - 1` chunks of iterations, one host call each.
     num_eval_envs: environments per evaluation; each runs one full episode.
     deterministic_eval: evaluate the mean action instead of sampling.
+    monitor_window: iterations of history the failure labels compare against (the median
+      update KL of `kl_spike`, the median rollout return of `return_drop`).
+    kl_spike_factor: `kl_spike` fires when an update's KL (approx, k3, between the rollout
+      policy and the updated one, over the whole batch) exceeds this factor times the
+      reference: `target_kl` if set, else `desired_kl` under "adaptive_kl", else the median
+      update KL of the last `monitor_window` iterations (once half of them are in).
+    kl_spike_max: `kl_spike` also fires when an update's KL exceeds this, whatever the reference.
+    kl_spike_min: an update KL at or below this is never a spike (tiny KLs are noise).
+    clip_saturated_fraction: `clip_saturated` fires when more than this fraction of the
+      batch's ratios lie outside the clip band after the update.
+    clip_idle_fraction: an update is idle when at most this fraction of ratios are clipped.
+    clip_idle_iterations: `clip_idle` fires from this many idle updates in a row on.
+    entropy_collapse_std: `entropy_collapse` fires when the mean action std falls below this,
+    entropy_collapse_drop: ... or loses more than this fraction of itself in one iteration.
+    return_drop_fraction: `return_drop` fires when the rollout return falls below the median of
+      the last `monitor_window` ones by more than this fraction of that median's magnitude.
+    max_nonfinite_iterations: training stops with an error after this many `nonfinite`
+      iterations in a row (NaN or Inf in the rollout, loss, gradients or parameters: such an
+      update is skipped on the device and the state stays as it was before it).
     checkpoint_interval: iterations between checkpoints of a run directory (taken at the
       first chunk end past the interval, and always at the end).
     keep_checkpoints: how many of the latest checkpoints a run directory keeps.
@@ -116,6 +135,17 @@ class PPOConfig:
   num_evals: int = 20
   num_eval_envs: int = 128
   deterministic_eval: bool = True
+  monitor_window: int = 10
+  kl_spike_factor: float = 5.0
+  kl_spike_max: float = 0.1
+  kl_spike_min: float = 1e-3
+  clip_saturated_fraction: float = 0.25
+  clip_idle_fraction: float = 1e-3
+  clip_idle_iterations: int = 10
+  entropy_collapse_std: float = 0.02
+  entropy_collapse_drop: float = 0.3
+  return_drop_fraction: float = 0.5
+  max_nonfinite_iterations: int = 3
   checkpoint_interval: int = 1
   keep_checkpoints: int = 3
   seed: int = 0
@@ -202,7 +232,7 @@ def _check_types(cfg: PPOConfig) -> None:
     ok = isinstance(value, kinds) and (is_bool == (kinds == (bool,)))
     if ok and isinstance(value, tuple):
       ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
-    if ok and isinstance(value, numbers.Real) and not math.isfinite(value):
+    if ok and isinstance(value, numbers.Real) and not _is_finite(value):
       ok = False
     if not ok:
       none = " or None" if optional else ""
@@ -210,6 +240,14 @@ def _check_types(cfg: PPOConfig) -> None:
         f"{field.name} must be {description}{none} (finite), got {value!r} "
         f"of type {type(value).__name__}"
       )
+
+
+def _is_finite(value: numbers.Real) -> bool:
+  """True for a number that is a finite float (math.isfinite overflows on ints past 1e308)."""
+  try:
+    return math.isfinite(value)
+  except OverflowError:
+    return False
 
 
 def _require(ok: bool, message: str) -> None:
@@ -242,10 +280,29 @@ def _check_values(c: PPOConfig) -> None:
     "num_eval_envs",
     "checkpoint_interval",
     "keep_checkpoints",
+    "clip_idle_iterations",
+    "max_nonfinite_iterations",
   ):
     value = getattr(c, field)
     _require(value >= 1, f"{field} ({value}) must be >= 1")
-  _require(c.seed >= 0, f"seed ({c.seed}) must be >= 0")
+  _require(c.monitor_window >= 2, f"monitor_window ({c.monitor_window}) must be >= 2")
+  _require(c.kl_spike_factor > 1, f"kl_spike_factor ({c.kl_spike_factor}) must be > 1")
+  _require(
+    c.kl_spike_min < c.kl_spike_max,
+    f"kl_spike_min ({c.kl_spike_min}) must be < kl_spike_max ({c.kl_spike_max})",
+  )
+  for field in (
+    "clip_saturated_fraction",
+    "clip_idle_fraction",
+    "entropy_collapse_drop",
+    "return_drop_fraction",
+  ):
+    value = getattr(c, field)
+    _require(0 < value < 1, f"{field} ({value}) must be in (0, 1)")
+  _require(
+    0 <= c.seed < 2**32,
+    f"seed ({c.seed}) must be in [0, 2**32): jax.random.PRNGKey keeps only its low 32 bits",
+  )
   _require(
     c.num_segments % c.num_envs == 0,
     f"batch_size * num_minibatches ({c.batch_size} * {c.num_minibatches} = {c.num_segments}) "
@@ -254,6 +311,13 @@ def _check_values(c: PPOConfig) -> None:
   _require(
     c.episode_length % c.action_repeat == 0,
     f"episode_length ({c.episode_length}) must be divisible by action_repeat ({c.action_repeat})",
+  )
+  # Steps and iterations are counted on the device in int32.
+  _require(c.episode_length < 2**31, f"episode_length ({c.episode_length}) must be < 2**31")
+  _require(
+    c.num_iterations < 2**31,
+    f"num_timesteps ({c.num_timesteps}) and num_evals ({c.num_evals}) give {c.num_iterations} "
+    f"iterations of {c.env_steps_per_iteration} env steps; the iteration count must be < 2**31",
   )
   for field in (
     "learning_rate",
@@ -264,6 +328,9 @@ def _check_values(c: PPOConfig) -> None:
     "reward_scaling",
     "init_action_std",
     "target_kl_factor",
+    "kl_spike_max",
+    "kl_spike_min",
+    "entropy_collapse_std",
   ):
     value = getattr(c, field)
     _require(value > 0, f"{field} ({value}) must be > 0")

@@ -71,3 +71,27 @@ def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
   """
   target_var = jnp.var(targets)
   return jnp.where(target_var > 0, 1.0 - jnp.var(targets - predictions) / target_var, jnp.nan)
+
+
+def action_saturation(action: jax.Array, bound: float = 1.0) -> jax.Array:
+  """Fraction of action dimensions at or beyond the bounds [-bound, bound], before clipping.
+
+  The policy is an unsquashed Gaussian whose samples the env clips, so a dimension at or past
+  the bound is one whose actuator the env drives at its limit.
+
+  Args:
+    action: [..., action_size] actions as sampled, unclipped.
+  Returns:
+    Scalar in [0, 1].
+  """
+  return jnp.mean((jnp.abs(action) >= bound).astype(jnp.float32))
+
+
+def all_finite(tree) -> jax.Array:
+  """[] bool: True when every element of every floating leaf of `tree` is finite."""
+  checks = [
+    jnp.all(jnp.isfinite(leaf))
+    for leaf in jax.tree.leaves(tree)
+    if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+  ]
+  return jnp.all(jnp.stack(checks)) if checks else jnp.array(True)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from envs import Environment, EnvState
 from ppo_jax.networks import ActorCritic, gaussian_log_prob
@@ -14,17 +16,36 @@ from ppo_jax.types import Params, Transition
 
 
 class EpisodeStats(NamedTuple):
-  """Sums over the episodes that finished during a rollout (all scalars)."""
+  """Sums over the episodes that finished during a rollout (all scalars).
+
+  Attributes:
+    episodes: episodes that ended.
+    return_sum: their returns, summed.
+    length_sum: their lengths (agent steps), summed.
+    length_min: the shortest of them (inf when none ended).
+    terminations: of them, those ended by the task (falls).
+    truncations: of them, those cut by the time limit.
+    metrics: per env metric, the episodes' per-step means, summed.
+  """
 
   episodes: jax.Array
   return_sum: jax.Array
   length_sum: jax.Array
+  length_min: jax.Array
   terminations: jax.Array
   truncations: jax.Array
+  metrics: dict[str, jax.Array]
 
   @classmethod
-  def zeros(cls) -> EpisodeStats:
-    return cls(*(jnp.zeros((), jnp.float32) for _ in cls._fields))
+  def zeros(cls, metric_names) -> EpisodeStats:
+    zero = jnp.zeros((), jnp.float32)
+    return cls(zero, zero, zero, jnp.full((), jnp.inf), zero, zero, {n: zero for n in metric_names})
+
+  @staticmethod
+  def reduce(stacked: EpisodeStats) -> EpisodeStats:
+    """Stats stacked over rollouts [U] -> the stats of them all."""
+    totals = jax.tree.map(jnp.sum, stacked)
+    return totals._replace(length_min=jnp.min(stacked.length_min))
 
 
 def sample_action(
@@ -47,12 +68,21 @@ def env_step(env: Environment, state: EnvState, action: jax.Array) -> EnvState:
 
 def _finished(state: EnvState, next_state: EnvState, stats: EpisodeStats) -> EpisodeStats:
   done = next_state.done
+  length = state.steps + 1
+  episode_means = {
+    name: (state.episode_metrics[name] + next_state.metrics[name]) / length
+    for name in stats.metrics
+  }
   return EpisodeStats(
     episodes=stats.episodes + jnp.sum(done),
     return_sum=stats.return_sum + jnp.sum(done * (state.episode_return + next_state.reward)),
-    length_sum=stats.length_sum + jnp.sum(done * (state.steps + 1)),
+    length_sum=stats.length_sum + jnp.sum(done * length),
+    length_min=jnp.minimum(stats.length_min, jnp.min(jnp.where(done > 0, length, jnp.inf))),
     terminations=stats.terminations + jnp.sum(next_state.termination),
     truncations=stats.truncations + jnp.sum(next_state.truncation),
+    metrics={
+      name: stats.metrics[name] + jnp.sum(done * mean) for name, mean in episode_means.items()
+    },
   )
 
 
@@ -93,7 +123,7 @@ def unroll(
     return (next_state, _finished(state, next_state, stats)), transition
 
   (env_state, stats), transitions = jax.lax.scan(
-    step, (env_state, EpisodeStats.zeros()), jax.random.split(key, length)
+    step, (env_state, EpisodeStats.zeros(env_state.metrics)), jax.random.split(key, length)
   )
   return env_state, transitions, stats
 
@@ -142,3 +172,90 @@ def evaluate(
     episode_length=jnp.mean(length),
     termination_rate=jnp.mean(terminated),
   )
+
+
+class Trace(NamedTuple):
+  """One step of every env; `trace_episodes` stacks it to [T, N, ...].
+
+  Attributes:
+    observations: [N, obs] observation the action was chosen from.
+    actions: [N, act] action sent to the env, clipped to [-1, 1].
+    rewards: [N] reward of the step.
+    terminations: [N] the step ended the episode through the task.
+    truncations: [N] the step hit the time limit.
+    alive: [N] the step belongs to the env's first episode.
+    saturated: [N] fraction of the action's dimensions at or beyond the bounds, unclipped.
+  """
+
+  observations: jax.Array
+  actions: jax.Array
+  rewards: jax.Array
+  terminations: jax.Array
+  truncations: jax.Array
+  alive: jax.Array
+  saturated: jax.Array
+
+
+def trace_episodes(
+  env: Environment,
+  policy: Callable[[jax.Array, jax.Array], jax.Array],
+  key: jax.Array,
+  num_episodes: int,
+  record: Callable[[Any], Any] | None = None,
+) -> tuple[Trace, Any]:
+  """Runs one episode in each of `num_episodes` fresh envs and records every step.
+
+  The scan takes `env.max_episode_steps` steps, so every env ends its first episode within
+  it; steps after an env's first done are still taken (the env auto-resets) but not alive.
+  Two policies given the same key meet the same initial states and the same noise.
+
+  Args:
+    policy: policy(obs [N, obs], key) -> action [N, act] (unclipped; the env clips).
+    record: optional record(core state of env 0) -> what to keep of it before each step
+      (e.g. render states for a video).
+  Returns:
+    (trace [T, N, ...], the stacked records [T, ...] or None).
+  """
+  reset_key, policy_key = jax.random.split(key)
+  state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+
+  def step(carry, step_key):
+    state, alive = carry
+    action = policy(state.obs, step_key)
+    next_state = env_step(env, state, action)
+    trace = Trace(
+      observations=state.obs,
+      actions=jnp.clip(action, -1.0, 1.0),
+      rewards=next_state.reward,
+      terminations=next_state.termination > 0,
+      truncations=next_state.truncation > 0,
+      alive=alive,
+      saturated=jnp.mean((jnp.abs(action) >= 1.0).astype(jnp.float32), axis=-1),
+    )
+    # Env 0 before the step: its core is never an auto-reset one while it is alive.
+    kept = record(jax.tree.map(lambda x: x[0], state.core)) if record is not None else None
+    return (next_state, alive & (next_state.done == 0)), (trace, kept)
+
+  carry = (state, jnp.ones((num_episodes,), bool))
+  _, (trace, kept) = jax.lax.scan(step, carry, jax.random.split(policy_key, env.max_episode_steps))
+  return trace, kept
+
+
+def summarize_trace(trace: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Per-episode results of a fetched trace (numpy arrays [T, N]); host side."""
+  alive = trace["alive"]
+  returns = np.sum(np.where(alive, trace["rewards"], 0.0), axis=0)
+  lengths = np.sum(alive, axis=0)
+  terminated = np.any(alive & trace["terminations"], axis=0)
+  truncated = np.any(alive & trace["truncations"], axis=0)
+  return {
+    "returns": returns.tolist(),
+    "lengths": lengths.tolist(),
+    "terminated": terminated.tolist(),
+    "truncated": truncated.tolist(),
+    "mean_return": float(np.mean(returns)),
+    "std_return": float(np.std(returns)),
+    "mean_length": float(np.mean(lengths)),
+    "termination_rate": float(np.mean(terminated)),
+    "action_saturation": float(np.sum(np.where(alive, trace["saturated"], 0.0)) / np.sum(alive)),
+  }

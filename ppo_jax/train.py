@@ -27,15 +27,21 @@ import numpy as np
 import optax
 
 import envs
-from ppo_jax import checkpoint, logger, normalization
+from ppo_jax import checkpoint, diagnostics, health, logger, monitor, normalization
 from ppo_jax.config import PPOConfig
 from ppo_jax.gae import compute_gae
 from ppo_jax.losses import LossMetrics, make_loss
-from ppo_jax.networks import ActorCritic, make_actor_critic, make_policy
-from ppo_jax.rollout import EpisodeStats, evaluate, unroll
+from ppo_jax.networks import ActorCritic, gaussian_log_prob, make_actor_critic, make_policy
+from ppo_jax.rollout import EpisodeStats, evaluate, summarize_trace, trace_episodes, unroll
 from ppo_jax.types import ActorCriticParams, Batch, TrainState, Transition
 
 Metrics = dict[str, jax.Array]
+LARGEST_KL_DIR = "largest_kl"
+
+
+class NonFiniteError(RuntimeError):
+  """Training stopped: too many iterations in a row had NaN or Inf (see `nonfinite`)."""
+
 
 # Diagnostics reported per epoch ([num_updates_per_batch]) and as an iteration mean.
 EPOCH_METRICS = LossMetrics._fields + ("grad_norm", "learning_rate")
@@ -73,15 +79,17 @@ def init_state(cfg: PPOConfig, env: envs.Environment, networks: ActorCritic) -> 
   key = jax.random.PRNGKey(cfg.seed)
   key, params_key, env_key = jax.random.split(key, 3)
   params = networks.init(params_key)
+  normalizer = normalization.init(env.observation_size)
   env_state = jax.jit(jax.vmap(env.reset))(jax.random.split(env_key, cfg.num_envs))
   state = TrainState(
     params=params,
     opt_state=make_optimizer(cfg).init(params),
-    normalizer=normalization.init(env.observation_size),
+    normalizer=normalizer,
     learning_rate=jnp.asarray(cfg.learning_rate, jnp.float32),
     env_state=env_state,
     key=key,
     iteration=jnp.zeros((), jnp.int32),
+    monitor=monitor.init(cfg, monitor.PolicySnapshot(params.policy, normalizer)),
   )
   # One buffer per leaf (reset returns obs and final_obs as one), so the state can be donated.
   return jax.tree.map(jnp.copy, state)
@@ -132,13 +140,12 @@ def make_train_step(
     transitions = jax.tree.map(
       lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]), transitions
     )
-    stats = jax.tree.map(jnp.sum, stats)
-    return env_state, transitions, stats
+    return env_state, transitions, EpisodeStats.reduce(stats)
 
-  def make_batch(state: TrainState, transitions: Transition) -> Batch:
+  def make_batch(value_params, normalizer, transitions: Transition) -> Batch:
     """Values and GAE for the rollout, flattened to samples [T * N, ...]."""
-    values = networks.value(state.params.value, state.normalizer, transitions.obs)
-    next_values = networks.value(state.params.value, state.normalizer, transitions.next_obs)
+    values = networks.value(value_params, normalizer, transitions.obs)
+    next_values = networks.value(value_params, normalizer, transitions.next_obs)
     advantages, targets = compute_gae(
       transitions.reward * cfg.reward_scaling,
       values,
@@ -228,15 +235,31 @@ def make_train_step(
     metrics["epochs_applied"] = jnp.sum(jnp.any(updates.applied, axis=1))
     return metrics
 
-  def rollout_metrics(stats: EpisodeStats) -> Metrics:
+  def rollout_metrics(stats: EpisodeStats, transitions: Transition) -> Metrics:
     episodes = stats.episodes
-    mean = lambda total: jnp.where(episodes > 0, total / jnp.maximum(episodes, 1.0), jnp.nan)  # noqa: E731
+    per_episode = lambda total: jnp.where(episodes > 0, total / jnp.maximum(episodes, 1.0), jnp.nan)  # noqa: E731
     return {
-      "episode_return": mean(stats.return_sum),
-      "episode_length": mean(stats.length_sum),
+      "episode_return": per_episode(stats.return_sum),
+      "episode_length": per_episode(stats.length_sum),
+      "episode_length_min": jnp.where(episodes > 0, stats.length_min, jnp.nan),
       "episodes": episodes,
       "terminations": stats.terminations,
       "truncations": stats.truncations,
+      "termination_rate": per_episode(stats.terminations),
+      "action_saturation": diagnostics.action_saturation(transitions.action),
+      "action_abs_mean": jnp.mean(jnp.abs(transitions.action)),
+      **{f"env/{name}": per_episode(total) for name, total in stats.metrics.items()},
+    }
+
+  def measure_update(policy_params, normalizer, batch: Batch) -> Metrics:
+    """The update as a whole: the rollout policy against the updated one, over the batch."""
+    mean, std = networks.policy(policy_params, normalizer, batch.obs)
+    log_ratio = gaussian_log_prob(batch.action, mean, std) - batch.log_prob
+    return {
+      "update_kl": diagnostics.approx_kl(log_ratio),
+      "update_exact_kl": jnp.mean(diagnostics.gaussian_kl(batch.mean, batch.std, mean, std)),
+      "update_clip_fraction": diagnostics.clip_fraction(jnp.exp(log_ratio), cfg.clipping_epsilon),
+      "update_action_std": jnp.mean(std),
     }
 
   def train_step(state: TrainState) -> tuple[TrainState, Metrics]:
@@ -244,9 +267,10 @@ def make_train_step(
     env_state, transitions, stats = collect(state, rollout_key)
     # As in Brax, the statistics take in the rollout before the update; the first
     # minibatch's ratio then also measures that shift of the policy's input.
+    normalizer = state.normalizer
     if cfg.normalize_observations:
-      state = state.replace(normalizer=normalization.update(state.normalizer, transitions.obs))
-    batch = make_batch(state, transitions)
+      normalizer = normalization.update(normalizer, transitions.obs)
+    batch = make_batch(state.params.value, normalizer, transitions)
 
     carry = (state.params, state.opt_state, scheduled_learning_rate(cfg, state), jnp.array(False))
     # Epoch keys are folded in, so epoch e shuffles alike whatever num_updates_per_batch is.
@@ -254,18 +278,59 @@ def make_train_step(
       sgd_key, jnp.arange(cfg.num_updates_per_batch)
     )
     (params, opt_state, learning_rate, _), updates = jax.lax.scan(
-      lambda c, k: epoch(c, k, batch, state.normalizer), carry, epoch_keys
+      lambda c, k: epoch(c, k, batch, normalizer), carry, epoch_keys
+    )
+    update = measure_update(params.policy, normalizer, batch)
+
+    # A NaN or Inf anywhere skips the whole update: the learner's state stays as it was.
+    finite = diagnostics.all_finite(
+      (transitions, updates.loss.total_loss, updates.grad_norm, params, opt_state, normalizer)
+    )
+    learner = (params, opt_state, normalizer, learning_rate)
+    before = (state.params, state.opt_state, state.normalizer, state.learning_rate)
+    params, opt_state, normalizer, learning_rate = jax.tree.map(
+      lambda new, old: jnp.where(finite, new, old), learner, before
     )
 
+    iteration = state.iteration + 1
+    rollout = rollout_metrics(stats, transitions)
+    signals = monitor.Signals(
+      update_kl=update["update_kl"],
+      clip_fraction=update["update_clip_fraction"],
+      action_std=update["update_action_std"],
+      episode_return=rollout["episode_return"],
+      finite=finite,
+    )
+    threshold = monitor.kl_spike_threshold(cfg, state.monitor)
+    monitor_state, labels = monitor.observe(cfg, state.monitor, signals)
+    monitor_state = monitor.record_largest(
+      monitor_state,
+      update["update_kl"],
+      finite,
+      iteration,
+      before=monitor.PolicySnapshot(state.params.policy, state.normalizer),
+      after=monitor.PolicySnapshot(params.policy, normalizer),
+    )
     state = state.replace(
       params=params,
       opt_state=opt_state,
+      normalizer=normalizer,
       learning_rate=learning_rate,
       env_state=env_state,
       key=key,
-      iteration=state.iteration + 1,
+      iteration=iteration,
+      monitor=monitor_state,
     )
-    return state, {**reduce_epochs(updates), **rollout_metrics(stats)}
+    metrics = {
+      **reduce_epochs(updates),
+      **update,
+      **rollout,
+      **{f"label/{name}": value for name, value in labels.items()},
+      "kl_spike_threshold": threshold,
+      "nonfinite_rollout": ~diagnostics.all_finite(transitions),
+      "nonfinite_streak": monitor_state.nonfinite_streak,
+    }
+    return state, metrics
 
   return train_step
 
@@ -302,6 +367,50 @@ def make_evaluator(
   return run
 
 
+def compare_largest_kl(
+  cfg: PPOConfig,
+  env: envs.Environment,
+  networks: ActorCritic,
+  monitor_state: monitor.MonitorState,
+  key: jax.Array,
+  out_dir: Path | None,
+) -> dict[str, Any] | None:
+  """Runs the policies before and after the largest-KL update on the same seeds.
+
+  Each runs one episode in `num_eval_envs` fresh envs, with the same initial states and the
+  same noise. With `out_dir`, writes before_trace.npz, after_trace.npz (see `Trace`) and
+  comparison.json there.
+
+  Returns:
+    {"iteration", "update_kl", "episodes", "deterministic", "before": {...}, "after": {...}}
+    with per-episode returns, lengths and terminations of each, or None before any update.
+  """
+  iteration = int(monitor_state.largest_kl_iteration)
+  if iteration == 0:
+    return None
+
+  @jax.jit
+  def rollout(snapshot: monitor.PolicySnapshot):
+    policy = make_policy(networks, snapshot.policy, snapshot.normalizer, cfg.deterministic_eval)
+    return trace_episodes(env, policy, key, cfg.num_eval_envs)[0]
+
+  comparison = {
+    "iteration": iteration,
+    "update_kl": float(monitor_state.largest_kl),
+    "episodes": cfg.num_eval_envs,
+    "deterministic": cfg.deterministic_eval,
+  }
+  for name, snapshot in (("before", monitor_state.before), ("after", monitor_state.after)):
+    trace = {k: np.asarray(v) for k, v in jax.device_get(rollout(snapshot))._asdict().items()}
+    comparison[name] = summarize_trace(trace)
+    if out_dir is not None:
+      out_dir.mkdir(parents=True, exist_ok=True)
+      np.savez(out_dir / f"{name}_trace.npz", **trace)
+  if out_dir is not None:
+    (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+  return comparison
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What `train` returns.
@@ -316,6 +425,7 @@ class TrainResult:
     config: the config trained.
     compile_seconds: time to compile the training chunk.
     train_seconds: wall time of the training chunks (evaluations excluded).
+    health: the health report (label counts, largest-KL update and its comparison, trends).
     run_dir: the run directory, if any.
   """
 
@@ -328,6 +438,7 @@ class TrainResult:
   config: PPOConfig
   compile_seconds: float
   train_seconds: float
+  health: dict[str, Any]
   run_dir: Path | None = None
 
 
@@ -342,6 +453,11 @@ def _records_to_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def _open_run_dir(run_dir: Path, cfg: PPOConfig, resume: bool) -> None:
+  """Checks the run directory and writes its config.json, all before anything is compiled.
+
+  A new run needs an absent or empty directory it can create; a resumed one needs the same
+  config and write access. Each failure names the path.
+  """
   config_path = run_dir / logger.CONFIG_FILE
   if resume:
     if not config_path.exists():
@@ -349,13 +465,24 @@ def _open_run_dir(run_dir: Path, cfg: PPOConfig, resume: bool) -> None:
     saved = PPOConfig(**json.loads(config_path.read_text()))
     if saved != cfg:
       raise ValueError(f"cannot resume {run_dir}: its config.json differs from the config given")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+      raise PermissionError(f"cannot resume {run_dir}: the run directory is not writable")
     return
-  if run_dir.exists() and any(run_dir.iterdir()):
-    raise FileExistsError(f"run directory {run_dir} is not empty; a run is never overwritten")
-  run_dir.mkdir(parents=True, exist_ok=True)
-  if not os.access(run_dir, os.W_OK):
+  try:
+    if run_dir.exists() and any(run_dir.iterdir()):
+      raise FileExistsError(f"run directory {run_dir} is not empty; a run is never overwritten")
+    run_dir.mkdir(parents=True, exist_ok=True)
+  except PermissionError as error:
+    blocked = Path(error.filename).parent if error.filename else run_dir.parent
+    raise PermissionError(
+      f"cannot create the run directory {run_dir}: no permission to write in {blocked}"
+    ) from error
+  if not os.access(run_dir, os.W_OK | os.X_OK):
     raise PermissionError(f"run directory {run_dir} is not writable")
-  config_path.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+  # Written whole, then renamed: a kill midway never leaves a config.json that resume misreads.
+  partial = config_path.with_name(config_path.name + ".partial")
+  partial.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+  os.replace(partial, config_path)
 
 
 def train(
@@ -403,6 +530,7 @@ def train(
       lambda r: restored is not None and r["env_steps"] <= done * cfg.env_steps_per_iteration
     )
     log.message(f"resuming {run_dir} at iteration {done} of {cfg.num_iterations}")
+  alerts = health.LabelAlerts(cfg, records)
 
   log.message(f"compiling the training chunk ({cfg.iterations_per_chunk} iterations) ...")
   started = time.perf_counter()
@@ -423,6 +551,12 @@ def train(
     evals.append(record)
     log.log_eval(record)
     return record
+
+  def write_health(comparison: dict[str, Any] | None = None) -> dict[str, Any]:
+    report = health.report(cfg, records, comparison)
+    if run_dir is not None:
+      (run_dir / health.HEALTH_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
   def save_checkpoint() -> None:
     host = {"eval_key": np.asarray(eval_key).tolist(), "config": cfg.to_dict()}
@@ -456,6 +590,23 @@ def train(
       )
       records.extend(chunk_records)
       log.log_iterations(chunk_records)
+      for line in alerts.update(chunk_records):
+        log.message(line)
+      failed = [r for r in chunk_records if r["nonfinite_streak"] >= cfg.max_nonfinite_iterations]
+      if failed:
+        write_health()
+        good = checkpoints.latest_step() if checkpoints is not None else None
+        kept = (
+          "no checkpoint was written"
+          if good is None
+          else f"the last good checkpoint (iteration {good}) is kept in {checkpoints.directory}"
+        )
+        raise NonFiniteError(
+          f"training stopped at iteration {failed[0]['iteration']}: "
+          f"{cfg.max_nonfinite_iterations} iterations in a row had NaN or Inf "
+          f"({health.nonfinite_source(failed[0])}); each of their updates was skipped, and "
+          f"{kept}. Set max_nonfinite_iterations to tolerate more."
+        )
       record = run_eval()
       # After the evaluation, so that the checkpoint holds the evaluation key it advanced.
       last = index == cfg.num_chunks - 1
@@ -465,6 +616,16 @@ def train(
         last_checkpoint = int(state.iteration)
       if progress_fn is not None:
         progress_fn({**chunk_records[-1], **record})
+    comparison = compare_largest_kl(
+      cfg,
+      env,
+      networks,
+      state.monitor,
+      jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 2),
+      run_dir / LARGEST_KL_DIR if run_dir is not None else None,
+    )
+    report = write_health(comparison)
+    log.message(health.format_report(report))
   finally:
     log.close()
 
@@ -482,6 +643,7 @@ def train(
     config=cfg,
     compile_seconds=compile_seconds,
     train_seconds=train_seconds,
+    health=report,
     run_dir=run_dir,
   )
 

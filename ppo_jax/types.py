@@ -9,6 +9,7 @@ import optax
 from flax import struct
 
 from envs import EnvState
+from ppo_jax.monitor import MonitorState
 from ppo_jax.normalization import RunningStatistics
 
 Params = Any
@@ -71,6 +72,7 @@ class TrainState:
     env_state: [num_envs, ...] state of every training environment.
     key: PRNG key.
     iteration: [] completed training iterations.
+    monitor: the failure labels' history and the largest-KL update's policies.
   """
 
   params: ActorCriticParams
@@ -80,3 +82,4 @@ class TrainState:
   env_state: EnvState
   key: jax.Array
   iteration: jax.Array
+  monitor: MonitorState

@@ -12,9 +12,18 @@ from tiny import tiny
 
 from experiments import evaluate
 from ppo_jax import checkpoint, normalization, train
+from ppo_jax.rollout import summarize_trace
 from ppo_jax.train import make_env_and_networks
 
-TRACE_FIELDS = ("observations", "actions", "rewards", "terminations", "truncations", "alive")
+TRACE_FIELDS = (
+  "observations",
+  "actions",
+  "rewards",
+  "terminations",
+  "truncations",
+  "alive",
+  "saturated",
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +52,15 @@ def test_summarize_hand_computed_trace():
     "terminations": np.array([[0, 0], [1, 0], [0, 0], [1, 0]], bool),
     "truncations": np.array([[0, 0], [0, 0], [0, 0], [0, 1]], bool),
     "alive": np.array([[1, 1], [1, 1], [0, 1], [0, 1]], bool),
+    "saturated": np.array([[1.0, 0.0], [0.5, 0.0], [1.0, 0.0], [1.0, 0.0]], np.float32),
   }
-  results = evaluate.summarize(trace)
+  results = summarize_trace(trace)
   assert results["returns"] == [3.0, 2.0]
   assert results["lengths"] == [2, 4]
   assert results["terminated"] == [True, False] and results["truncated"] == [False, True]
   assert results["mean_return"] == 2.5 and results["std_return"] == 0.5
   assert results["termination_rate"] == 0.5
+  assert results["action_saturation"] == pytest.approx(1.5 / 6)  # alive steps only
 
 
 def test_evaluation_files_agree_and_are_never_overwritten(run_dir, capsys):
