@@ -96,13 +96,18 @@ def _float(value) -> float:
 def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   """(env steps, values) of a scalar key, keeping only records where both are finite.
 
+  Values that share a step (the seeds of a seed panel) are averaged.
+
   Returns:
     Two float arrays of the same length [N], possibly empty.
   """
   pairs = [(_float(r.get(_STEPS)), _float(r.get(key))) for r in records if key in r]
   xy = np.array([p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])], float)
   xy = xy.reshape(-1, 2)
-  return xy[:, 0], xy[:, 1]
+  steps, inverse = np.unique(xy[:, 0], return_inverse=True)
+  if steps.size == len(xy):
+    return xy[:, 0], xy[:, 1]
+  return steps, np.bincount(inverse, weights=xy[:, 1]) / np.bincount(inverse)
 
 
 def per_epoch(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_policy
 from ppo_jax.train import (
+  NonFiniteError,
   TrainResult,
   load_policy,
   make_train_chunk,
@@ -11,6 +12,7 @@ from ppo_jax.train import (
 )
 
 __all__ = [
+  "NonFiniteError",
   "PPOConfig",
   "TrainResult",
   "load_policy",

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import numbers
 
+ALGORITHMS = ("ppo", "trpo")
 SCHEDULES = ("constant", "linear", "adaptive_kl")
 ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")
 ACTION_STD_TYPES = ("parameter", "network")
@@ -30,6 +31,9 @@ class PPOConfig:
   """Hyperparameters of one PPO run. Defaults train brax inverted_pendulum with Brax's settings.
 
   Attributes:
+    algorithm: "ppo" (the clipped surrogate, minibatch epochs) or "trpo" (one natural-gradient
+      step per iteration under a hard KL bound, see the trpo_* fields); the value network
+      trains by minibatch epochs either way.
     env: environment name, "<source>/<name>" (see `envs.available()`).
     env_backend: Brax physics pipeline or Playground implementation; None for the default.
     num_timesteps: environment steps to train for (rounded up to whole chunks of iterations).
@@ -74,6 +78,13 @@ class PPOConfig:
       `num_evals - 1` chunks of iterations, one host call each.
     num_eval_envs: environments per evaluation; each runs one full episode.
     deterministic_eval: evaluate the mean action instead of sampling.
+    trpo_max_kl: TRPO's bound delta on the mean exact KL(old || new) of each policy step.
+    trpo_cg_iterations: conjugate-gradient iterations for the natural-gradient direction.
+    trpo_cg_damping: damping added to the Fisher matrix (F + damping * I).
+    trpo_max_backtracks: line-search candidates tried before the step is rejected.
+    trpo_backtrack_coef: each candidate step is this fraction of the previous one.
+    num_seeds: independent seeds trained together (seeds seed, seed + 1, ...), `jax.vmap`ped
+      over the whole training step; metrics get a leading seed axis.
     monitor_window: iterations of history the failure labels compare against (the median
       update KL of `kl_spike`, the median rollout return of `return_drop`).
     kl_spike_factor: `kl_spike` fires when an update's KL (approx, k3, between the rollout
@@ -99,6 +110,7 @@ class PPOConfig:
     seed: PRNG seed.
   """
 
+  algorithm: str = "ppo"
   env: str = "brax/inverted_pendulum"
   env_backend: str | None = None
   num_timesteps: int = 2_000_000
@@ -135,6 +147,12 @@ class PPOConfig:
   num_evals: int = 20
   num_eval_envs: int = 128
   deterministic_eval: bool = True
+  trpo_max_kl: float = 0.01
+  trpo_cg_iterations: int = 10
+  trpo_cg_damping: float = 0.1
+  trpo_max_backtracks: int = 10
+  trpo_backtrack_coef: float = 0.8
+  num_seeds: int = 1
   monitor_window: int = 10
   kl_spike_factor: float = 5.0
   kl_spike_max: float = 0.1
@@ -282,6 +300,9 @@ def _check_values(c: PPOConfig) -> None:
     "keep_checkpoints",
     "clip_idle_iterations",
     "max_nonfinite_iterations",
+    "trpo_cg_iterations",
+    "trpo_max_backtracks",
+    "num_seeds",
   ):
     value = getattr(c, field)
     _require(value >= 1, f"{field} ({value}) must be >= 1")
@@ -296,9 +317,14 @@ def _check_values(c: PPOConfig) -> None:
     "clip_idle_fraction",
     "entropy_collapse_drop",
     "return_drop_fraction",
+    "trpo_backtrack_coef",
   ):
     value = getattr(c, field)
     _require(0 < value < 1, f"{field} ({value}) must be in (0, 1)")
+  _require(
+    c.seed + c.num_seeds <= 2**32,
+    f"seed + num_seeds - 1 ({c.seed} + {c.num_seeds} - 1) must be < 2**32: the panel's seeds",
+  )
   _require(
     0 <= c.seed < 2**32,
     f"seed ({c.seed}) must be in [0, 2**32): jax.random.PRNGKey keeps only its low 32 bits",
@@ -330,6 +356,7 @@ def _check_values(c: PPOConfig) -> None:
     "target_kl_factor",
     "kl_spike_max",
     "kl_spike_min",
+    "trpo_max_kl",
     "entropy_collapse_std",
   ):
     value = getattr(c, field)
@@ -337,7 +364,7 @@ def _check_values(c: PPOConfig) -> None:
   for field in ("target_kl", "clipping_epsilon_value", "max_grad_norm"):
     value = getattr(c, field)
     _require(value is None or value > 0, f"{field} ({value}) must be > 0 or None")
-  for field in ("entropy_cost", "value_loss_coef", "min_action_std"):
+  for field in ("entropy_cost", "value_loss_coef", "min_action_std", "trpo_cg_damping"):
     value = getattr(c, field)
     _require(value >= 0, f"{field} ({value}) must be >= 0")
   _require(0 < c.discounting <= 1, f"discounting ({c.discounting}) must be in (0, 1]")
@@ -348,7 +375,19 @@ def _check_values(c: PPOConfig) -> None:
     f"learning_rate ({c.learning_rate}) must lie in [min_learning_rate, max_learning_rate] "
     f"([{c.min_learning_rate}, {c.max_learning_rate}]) with learning_rate_schedule='adaptive_kl'",
   )
+  if c.algorithm == "trpo":
+    _require(
+      c.target_kl is None,
+      f"target_kl ({c.target_kl}) must be None with algorithm='trpo': TRPO bounds each step's "
+      "KL by trpo_max_kl instead of stopping epochs early",
+    )
+    _require(
+      c.learning_rate_schedule != "adaptive_kl",
+      "learning_rate_schedule ('adaptive_kl') steers the policy's KL through the learning rate; "
+      "with algorithm='trpo' the learning rate moves only the value network",
+    )
   for field, allowed in (
+    ("algorithm", ALGORITHMS),
     ("learning_rate_schedule", SCHEDULES),
     ("activation", ACTIVATIONS),
     ("action_std_type", ACTION_STD_TYPES),

@@ -66,8 +66,9 @@ class LabelAlerts:
         continue
       if self.counts[label] == 0:
         first = fired[0]
+        seed = f" (seed {first['seed']})" if self.cfg.num_seeds > 1 else ""
         lines.append(
-          f"warning: {label} at iteration {first['iteration']} "
+          f"warning: {label} at iteration {first['iteration']}{seed} "
           f"({_why(self.cfg, label, first)}); later ones are counted"
         )
       elif fired:
@@ -134,7 +135,14 @@ def report(
 
 
 def format_report(health: dict[str, Any]) -> str:
-  """A few console lines of a health report."""
+  """A few console lines of a health report (of a panel: its label counts per seed)."""
+  if "seeds" in health:
+    lines = [f"health over {health['iterations']} iterations, per seed:"]
+    for seed, seed_report in health["seeds"].items():
+      counts = seed_report["label_counts"]
+      fired = ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none"
+      lines.append(f"  seed {seed}: labels fired: {fired}")
+    return "\n".join(lines)
   n = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"  # noqa: E731
   fired = ", ".join(f"{k} {v}" for k, v in health["label_counts"].items() if v) or "none"
   lines = [f"health over {health['iterations']} iterations: labels fired: {fired}"]
@@ -156,3 +164,26 @@ def format_report(health: dict[str, Any]) -> str:
       f"  {name}: {n(t['first'])} -> {n(t['last'])} (range {n(t['min'])}..{n(t['max'])})"
     )
   return "\n".join(lines)
+
+
+def panel_report(
+  cfg: PPOConfig,
+  seeds: list[int],
+  records: list[dict[str, Any]],
+  comparisons: list[dict[str, Any] | None] | None = None,
+) -> dict[str, Any]:
+  """`report` of a run; for a seed panel, one per seed under "seeds" and the summed counts."""
+  comparisons = comparisons or [None] * len(seeds)
+  if len(seeds) == 1:
+    return report(cfg, records, comparisons[0])
+  per_seed = {
+    str(seed): report(cfg, [r for r in records if r.get("seed") == seed], comparison)
+    for seed, comparison in zip(seeds, comparisons, strict=True)
+  }
+  return {
+    "iterations": per_seed[str(seeds[0])]["iterations"],
+    "label_counts": {
+      label: sum(r["label_counts"][label] for r in per_seed.values()) for label in LABELS
+    },
+    "seeds": per_seed,
+  }

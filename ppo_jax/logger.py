@@ -36,27 +36,66 @@ def iteration_records(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 class JsonLines:
-  """Appends JSON records to a file, flushed to disk after each batch."""
+  """Appends JSON records to a file, one per line, on disk (fsync) after each batch.
+
+  A batch is all or nothing: a write that fails (a full disk) truncates the file back to where
+  the batch began. A process killed mid-write can still leave a last line without its newline;
+  `read` drops it, as the records after the latest checkpoint are redone on resume anyway.
+  """
 
   def __init__(self, path: Path):
     self.path = path
 
   def write(self, records: list[dict[str, Any]]) -> None:
-    with self.path.open("a") as f:
-      for record in records:
-        f.write(json.dumps(record) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
+    data = memoryview("".join(json.dumps(record) + "\n" for record in records).encode())
+    fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+      start = os.lseek(fd, 0, os.SEEK_END)
+      try:
+        while data:
+          data = data[os.write(fd, data) :]
+        os.fsync(fd)
+      except OSError as error:
+        os.ftruncate(fd, start)
+        raise OSError(
+          error.errno,
+          f"could not append {len(records)} records to {self.path} ({error.strerror}); "
+          "the file is left as it was before them",
+        ) from error
+    finally:
+      os.close(fd)
 
   def read(self) -> list[dict[str, Any]]:
     if not self.path.exists():
       return []
-    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    lines = self.path.read_text().split("\n")
+    # The last piece is "" after a complete file, else a line cut short by a kill.
+    records = []
+    for number, line in enumerate(lines[:-1], 1):
+      if not line.strip():
+        continue
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as error:
+        raise ValueError(f"{self.path}, line {number}, is not a JSON record: {error}") from None
+    return records
 
   def truncate(self, keep) -> list[dict[str, Any]]:
-    """Keeps only the records for which keep(record) holds (e.g. up to a checkpoint)."""
+    """Keeps only the records for which keep(record) holds (e.g. up to a checkpoint).
+
+    The file is replaced whole (a new file, then a rename), so a kill midway leaves either
+    the old file or the new one.
+    """
     records = [r for r in self.read() if keep(r)]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    partial = self.path.with_name(self.path.name + ".partial")
+    try:
+      with partial.open("w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(partial, self.path)
+    finally:
+      partial.unlink(missing_ok=True)
     return records
 
 
@@ -67,9 +106,13 @@ class RunLogger:
     run_dir: the run directory, or None for console only.
     total_steps: env steps of the whole run (for the progress bar and its ETA).
     show_progress: draw a progress bar and a line per evaluation.
+    panel: records carry several seeds; TensorBoard tags and eval lines then name the seed.
   """
 
-  def __init__(self, run_dir: Path | None, total_steps: int, show_progress: bool):
+  def __init__(
+    self, run_dir: Path | None, total_steps: int, show_progress: bool, panel: bool = False
+  ):
+    self.panel = panel
     self.metrics = JsonLines(run_dir / METRICS_FILE) if run_dir else None
     self.evals = JsonLines(run_dir / EVALS_FILE) if run_dir else None
     self.tensorboard = None
@@ -91,14 +134,19 @@ class RunLogger:
     if self.bar is not None:
       self.bar.write(text)
 
+  def _tag(self, record: dict[str, Any], name: str) -> str:
+    return f"seed_{record['seed']}/{name}" if self.panel else name
+
   def log_iterations(self, records: list[dict[str, Any]]) -> None:
     if self.metrics is not None:
       self.metrics.write(records)
     if self.tensorboard is not None:
       for record in records:
         for name, value in record.items():
-          if isinstance(value, (int, float)) and name not in ("iteration", "env_steps"):
-            self.tensorboard.add_scalar(f"train/{name}", value, record["env_steps"])
+          if isinstance(value, (int, float)) and name not in ("iteration", "env_steps", "seed"):
+            self.tensorboard.add_scalar(
+              self._tag(record, f"train/{name}"), value, record["env_steps"]
+            )
     if self.bar is not None:
       last = records[-1]
       self.bar.update(last["env_steps"] - self.bar.n)
@@ -122,9 +170,10 @@ class RunLogger:
     if self.tensorboard is not None:
       for name, value in record.items():
         if name.startswith("eval/") and value is not None:
-          self.tensorboard.add_scalar(name, value, record["env_steps"])
+          self.tensorboard.add_scalar(self._tag(record, name), value, record["env_steps"])
+    seed = f" seed {record['seed']}" if self.panel else ""
     self.message(
-      f"eval @ {record['env_steps']:>12,d} steps: return {record['eval/episode_return']:.2f} "
+      f"eval @ {record['env_steps']:>12,d} steps{seed}: return {record['eval/episode_return']:.2f} "
       f"+- {record['eval/episode_return_std']:.2f}, length {record['eval/episode_length']:.0f}, "
       f"terminated {record['eval/termination_rate']:.0%}"
     )

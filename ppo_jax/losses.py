@@ -69,7 +69,11 @@ class LossMetrics(NamedTuple):
 
 
 def make_loss(cfg: PPOConfig, networks: ActorCritic):
-  """Returns loss_fn(params, normalizer, batch) -> (loss, LossMetrics) on a flat minibatch."""
+  """Returns loss_fn(params, normalizer, batch) -> (loss, LossMetrics) on a flat minibatch.
+
+  With algorithm="trpo" the loss is the value loss alone (the policy's gradient is zero);
+  the metrics are the same.
+  """
 
   def loss_fn(
     params: ActorCriticParams, normalizer: RunningStatistics, batch: Batch
@@ -87,6 +91,8 @@ def make_loss(cfg: PPOConfig, networks: ActorCritic):
     entropy = jnp.mean(gaussian_entropy(std))
     entropy_loss = -cfg.entropy_cost * entropy
     total = policy_loss + cfg.value_loss_coef * v_loss + entropy_loss
+    if cfg.algorithm == "trpo":  # the policy moves by its own step; minibatches fit the value
+      total = cfg.value_loss_coef * v_loss
 
     metrics = LossMetrics(
       total_loss=total,

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 
 import envs
-from ppo_jax import checkpoint, diagnostics, health, logger, monitor, normalization
+from ppo_jax import checkpoint, diagnostics, health, logger, monitor, normalization, trpo
 from ppo_jax.config import PPOConfig
 from ppo_jax.gae import compute_gae
 from ppo_jax.losses import LossMetrics, make_loss
@@ -262,6 +262,50 @@ def make_train_step(
       "update_action_std": jnp.mean(std),
     }
 
+  def trpo_policy_step(params: ActorCriticParams, normalizer, batch: Batch):
+    """One TRPO step of the policy on the whole batch: (params, "trpo/..." metrics)."""
+    advantages = batch.advantage
+    if cfg.normalize_advantage:
+      advantages = (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + 1e-8)
+    # The step's KL is measured from the current params under this iteration's statistics,
+    # so it is 0 at the start and its Hessian there is the Fisher matrix.
+    old_mean, old_std = jax.lax.stop_gradient(networks.policy(params.policy, normalizer, batch.obs))
+
+    def surrogate(policy_params):
+      mean, std = networks.policy(policy_params, normalizer, batch.obs)
+      ratio = jnp.exp(gaussian_log_prob(batch.action, mean, std) - batch.log_prob)
+      return jnp.mean(ratio * advantages)
+
+    def kl(policy_params):
+      mean, std = networks.policy(policy_params, normalizer, batch.obs)
+      return jnp.mean(diagnostics.gaussian_kl(old_mean, old_std, mean, std))
+
+    step = trpo.trpo_step(
+      surrogate,
+      kl,
+      params.policy,
+      max_kl=cfg.trpo_max_kl,
+      cg_iterations=cfg.trpo_cg_iterations,
+      cg_damping=cfg.trpo_cg_damping,
+      max_backtracks=cfg.trpo_max_backtracks,
+      backtrack_coef=cfg.trpo_backtrack_coef,
+    )
+    metrics = {
+      f"trpo/{name}": getattr(step, name)
+      for name in (
+        "accepted",
+        "backtracks",
+        "step_fraction",
+        "step_size",
+        "kl",
+        "improvement",
+        "expected_improvement",
+        "cg_residual",
+        "grad_norm",
+      )
+    }
+    return params.replace(policy=step.params), metrics
+
   def train_step(state: TrainState) -> tuple[TrainState, Metrics]:
     key, rollout_key, sgd_key = jax.random.split(state.key, 3)
     env_state, transitions, stats = collect(state, rollout_key)
@@ -272,7 +316,10 @@ def make_train_step(
       normalizer = normalization.update(normalizer, transitions.obs)
     batch = make_batch(state.params.value, normalizer, transitions)
 
-    carry = (state.params, state.opt_state, scheduled_learning_rate(cfg, state), jnp.array(False))
+    params, step_metrics = state.params, {}
+    if cfg.algorithm == "trpo":  # the policy steps first; the epochs below fit the value
+      params, step_metrics = trpo_policy_step(params, normalizer, batch)
+    carry = (params, state.opt_state, scheduled_learning_rate(cfg, state), jnp.array(False))
     # Epoch keys are folded in, so epoch e shuffles alike whatever num_updates_per_batch is.
     epoch_keys = jax.vmap(jax.random.fold_in, (None, 0))(
       sgd_key, jnp.arange(cfg.num_updates_per_batch)
@@ -323,6 +370,7 @@ def make_train_step(
     )
     metrics = {
       **reduce_epochs(updates),
+      **step_metrics,
       **update,
       **rollout,
       **{f"label/{name}": value for name, value in labels.items()},
@@ -378,8 +426,8 @@ def compare_largest_kl(
   """Runs the policies before and after the largest-KL update on the same seeds.
 
   Each runs one episode in `num_eval_envs` fresh envs, with the same initial states and the
-  same noise. With `out_dir`, writes before_trace.npz, after_trace.npz (see `Trace`) and
-  comparison.json there.
+  same noise. With `out_dir`, writes before_trace.npz, after_trace.npz (see `Trace`),
+  comparison.json and the two policies there (`load_policy(out_dir / "before")` loads one).
 
   Returns:
     {"iteration", "update_kl", "episodes", "deterministic", "before": {...}, "after": {...}}
@@ -406,6 +454,14 @@ def compare_largest_kl(
     if out_dir is not None:
       out_dir.mkdir(parents=True, exist_ok=True)
       np.savez(out_dir / f"{name}_trace.npz", **trace)
+      checkpoint.save_policy(
+        out_dir / name,
+        cfg,
+        env.observation_size,
+        env.action_size,
+        snapshot.policy,
+        snapshot.normalizer,
+      )
   if out_dir is not None:
     (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
   return comparison
@@ -442,14 +498,29 @@ class TrainResult:
   run_dir: Path | None = None
 
 
-def _records_to_arrays(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-  """JSON records (None for NaN) -> {name: array over records}."""
-  if not records:
-    return {}
-  return {
-    name: np.array([np.nan if r[name] is None else r[name] for r in records], dtype=float)
-    for name in records[0]
-  }
+def _records_to_arrays(records: list[dict[str, Any]], seeds: list[int]) -> dict[str, np.ndarray]:
+  """JSON records (None for NaN) -> {name: array over records}; [seeds, records] for a panel."""
+
+  def arrays(rows):
+    if not rows:
+      return {}
+    return {
+      name: np.array([np.nan if r[name] is None else r[name] for r in rows], dtype=float)
+      for name in rows[0]
+    }
+
+  if len(seeds) == 1:
+    return arrays(records)
+  per_seed = [arrays([r for r in records if r["seed"] == seed]) for seed in seeds]
+  return {name: np.stack([a[name] for a in per_seed]) for name in per_seed[0]}
+
+
+def _stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _index(tree: Any, i: int) -> Any:
+  return jax.tree.map(lambda x: x[i], tree)
 
 
 def _open_run_dir(run_dir: Path, cfg: PPOConfig, resume: bool) -> None:
@@ -510,10 +581,14 @@ def train(
   if run_dir is not None:
     _open_run_dir(run_dir, cfg, resume)
   env, networks = make_env_and_networks(cfg)
-  state = init_state(cfg, env, networks)
-  eval_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1)  # apart from init_state's
+  # The panel's state: seed i's is the state of a run of `cfg` with seed `seeds[i]`, stacked.
+  seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
+  state = _stack([init_state(dataclasses.replace(cfg, seed=s), env, networks) for s in seeds])
+  # Apart from init_state's keys.
+  eval_key = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in seeds])
   checkpoints = checkpoint.manager(run_dir, cfg.keep_checkpoints) if run_dir else None
-  log = logger.RunLogger(run_dir, cfg.total_env_steps, show_progress)
+  log = logger.RunLogger(run_dir, cfg.total_env_steps, show_progress, panel=len(seeds) > 1)
+  iteration = lambda: int(state.iteration[0])  # noqa: E731  (all seeds move together)
 
   records: list[dict[str, Any]] = []
   evals: list[dict[str, Any]] = []
@@ -522,7 +597,7 @@ def train(
     if restored is not None:
       state, host = restored
       eval_key = jnp.asarray(host["eval_key"], dtype=jnp.uint32)
-    done = int(state.iteration)
+    done = iteration()
     # Records written after the checkpoint belong to work that is redone now (with no
     # checkpoint at all, that includes the first evaluation).
     records = log.metrics.truncate(lambda r: r["iteration"] <= done)
@@ -534,60 +609,73 @@ def train(
 
   log.message(f"compiling the training chunk ({cfg.iterations_per_chunk} iterations) ...")
   started = time.perf_counter()
-  chunk = jax.jit(make_train_chunk(cfg, env, networks), donate_argnums=0).lower(state).compile()
-  evaluator = jax.jit(make_evaluator(cfg, env, networks))
+  chunk = jax.jit(jax.vmap(make_train_chunk(cfg, env, networks)), donate_argnums=0)
+  chunk = chunk.lower(state).compile()
+  evaluator = jax.jit(jax.vmap(make_evaluator(cfg, env, networks)))
   compile_seconds = time.perf_counter() - started
   log.message(f"compiled the training chunk in {compile_seconds:.1f} s")
   wall_time = records[-1]["wall_time"] if records else 0.0
   train_seconds = 0.0
 
-  def run_eval() -> dict[str, Any]:
+  def run_eval() -> list[dict[str, Any]]:
     nonlocal eval_key
-    eval_key, key = jax.random.split(eval_key)
-    env_steps = int(state.iteration) * cfg.env_steps_per_iteration
-    metrics = jax.device_get(evaluator(state, key))
-    record = {"env_steps": env_steps, "wall_time": wall_time}
-    record.update({name: logger.jsonable(value) for name, value in metrics.items()})
-    evals.append(record)
-    log.log_eval(record)
-    return record
+    keys = jax.vmap(jax.random.split)(eval_key)
+    eval_key = keys[:, 0]
+    metrics = jax.device_get(evaluator(state, keys[:, 1]))
+    env_steps = iteration() * cfg.env_steps_per_iteration
+    seed_records = [
+      {"env_steps": env_steps, "wall_time": wall_time, "seed": seed}
+      | {name: logger.jsonable(value[i]) for name, value in metrics.items()}
+      for i, seed in enumerate(seeds)
+    ]
+    for record in seed_records:
+      evals.append(record)
+      log.log_eval(record)
+    return seed_records
 
-  def write_health(comparison: dict[str, Any] | None = None) -> dict[str, Any]:
-    report = health.report(cfg, records, comparison)
+  def write_health(comparisons: list[dict[str, Any] | None] | None = None) -> dict[str, Any]:
+    report = health.panel_report(cfg, seeds, records, comparisons)
     if run_dir is not None:
       (run_dir / health.HEALTH_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
   def save_checkpoint() -> None:
     host = {"eval_key": np.asarray(eval_key).tolist(), "config": cfg.to_dict()}
-    checkpoint.save(checkpoints, int(state.iteration), state, host)
+    checkpoint.save(checkpoints, iteration(), state, host)
 
-  first_chunk = int(state.iteration) // cfg.iterations_per_chunk
-  log.start(int(state.iteration) * cfg.env_steps_per_iteration)
+  first_chunk = iteration() // cfg.iterations_per_chunk
+  log.start(iteration() * cfg.env_steps_per_iteration)
   if not evals:
-    record = run_eval()
+    seed_records = run_eval()
     if progress_fn is not None:
-      progress_fn(record)
-  last_checkpoint = int(state.iteration)
+      progress_fn(seed_records[-1])
+  last_checkpoint = iteration()
   try:
     for index in range(first_chunk, cfg.num_chunks):
       started = time.perf_counter()
       state, metrics = chunk(state)
-      metrics = jax.device_get(metrics)
+      metrics = jax.device_get(metrics)  # [seeds, iterations, ...]
       seconds = time.perf_counter() - started
       train_seconds += seconds
       wall_time += seconds
       first = index * cfg.iterations_per_chunk + 1
       iterations = np.arange(first, first + cfg.iterations_per_chunk)
-      chunk_records = logger.iteration_records(
-        {
-          "iteration": iterations,
-          "env_steps": iterations * cfg.env_steps_per_iteration,
-          "wall_time": np.full(len(iterations), wall_time),
-          "sps": np.full(len(iterations), len(iterations) * cfg.env_steps_per_iteration / seconds),
-          **metrics,
-        }
-      )
+      common = {
+        "iteration": iterations,
+        "env_steps": iterations * cfg.env_steps_per_iteration,
+        "wall_time": np.full(len(iterations), wall_time),
+        "sps": np.full(
+          len(iterations), len(iterations) * cfg.env_steps_per_iteration * len(seeds) / seconds
+        ),
+      }
+      per_seed = [
+        logger.iteration_records({**common, **_index(metrics, i)}) for i in range(len(seeds))
+      ]
+      chunk_records = [
+        {**per_seed[i][k], "seed": seed}
+        for k in range(len(iterations))
+        for i, seed in enumerate(seeds)
+      ]
       records.extend(chunk_records)
       log.log_iterations(chunk_records)
       for line in alerts.update(chunk_records):
@@ -601,51 +689,69 @@ def train(
           if good is None
           else f"the last good checkpoint (iteration {good}) is kept in {checkpoints.directory}"
         )
+        where = f" (seed {failed[0]['seed']})" if len(seeds) > 1 else ""
         raise NonFiniteError(
-          f"training stopped at iteration {failed[0]['iteration']}: "
+          f"training stopped at iteration {failed[0]['iteration']}{where}: "
           f"{cfg.max_nonfinite_iterations} iterations in a row had NaN or Inf "
           f"({health.nonfinite_source(failed[0])}); each of their updates was skipped, and "
           f"{kept}. Set max_nonfinite_iterations to tolerate more."
         )
-      record = run_eval()
+      seed_records = run_eval()
       # After the evaluation, so that the checkpoint holds the evaluation key it advanced.
       last = index == cfg.num_chunks - 1
-      due = int(state.iteration) - last_checkpoint >= cfg.checkpoint_interval
+      due = iteration() - last_checkpoint >= cfg.checkpoint_interval
       if checkpoints is not None and (due or last):
         save_checkpoint()
-        last_checkpoint = int(state.iteration)
+        last_checkpoint = iteration()
       if progress_fn is not None:
-        progress_fn({**chunk_records[-1], **record})
-    comparison = compare_largest_kl(
-      cfg,
-      env,
-      networks,
-      state.monitor,
-      jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 2),
-      run_dir / LARGEST_KL_DIR if run_dir is not None else None,
-    )
-    report = write_health(comparison)
+        progress_fn({**chunk_records[-1], **seed_records[-1]})
+    comparisons = [
+      compare_largest_kl(
+        cfg,
+        env,
+        networks,
+        _index(state.monitor, i),
+        jax.random.fold_in(jax.random.PRNGKey(seed), 2),
+        _largest_kl_dir(run_dir, seed, len(seeds)),
+      )
+      for i, seed in enumerate(seeds)
+    ]
+    report = write_health(comparisons)
     log.message(health.format_report(report))
   finally:
     log.close()
 
+  # A single run returns unstacked values; a panel keeps the seed axis (its policy is seed 0's).
+  first_state = _index(state, 0)
   if run_dir is not None:
     checkpoint.save_policy(
-      run_dir, cfg, env.observation_size, env.action_size, state.params.policy, state.normalizer
+      run_dir,
+      cfg,
+      env.observation_size,
+      env.action_size,
+      first_state.params.policy,
+      first_state.normalizer,
     )
+  result_state = first_state if len(seeds) == 1 else state
   return TrainResult(
-    params=state.params,
-    normalizer=state.normalizer,
-    metrics=_records_to_arrays(records),
-    evals=_records_to_arrays(evals),
-    policy=make_policy(networks, state.params.policy, state.normalizer),
-    state=state,
+    params=result_state.params,
+    normalizer=result_state.normalizer,
+    metrics=_records_to_arrays(records, seeds),
+    evals=_records_to_arrays(evals, seeds),
+    policy=make_policy(networks, first_state.params.policy, first_state.normalizer),
+    state=result_state,
     config=cfg,
     compile_seconds=compile_seconds,
     train_seconds=train_seconds,
     health=report,
     run_dir=run_dir,
   )
+
+
+def _largest_kl_dir(run_dir: Path | None, seed: int, num_seeds: int) -> Path | None:
+  if run_dir is None:
+    return None
+  return run_dir / LARGEST_KL_DIR if num_seeds == 1 else run_dir / LARGEST_KL_DIR / f"seed_{seed}"
 
 
 def load_policy(run_dir: str | Path, deterministic: bool = False) -> Callable[..., jax.Array]:

@@ -17,7 +17,7 @@ from tiny import tiny
 import envs
 from envs.builtin import CartpoleBalance
 from experiments.presets import PRESETS
-from ppo_jax import diagnostics, health, monitor, train
+from ppo_jax import diagnostics, health, load_policy, monitor, train
 from ppo_jax.rollout import unroll
 from ppo_jax.train import (
   LARGEST_KL_DIR,
@@ -291,6 +291,11 @@ def test_run_writes_health_report_and_largest_kl_comparison(tmp_path):
       returns = np.sum(np.where(trace["alive"], trace["rewards"], 0.0), axis=0)
       np.testing.assert_allclose(comparison[name]["returns"], returns, rtol=1e-6)
       assert len(returns) == cfg.num_eval_envs
+      # The saved policy is the one that acted (deterministic: the clipped mean action).
+      policy = load_policy(out / name, deterministic=True)
+      np.testing.assert_allclose(
+        policy(trace["observations"][0]), trace["actions"][0], rtol=1e-5, atol=1e-6
+      )
 
 
 def test_alerts_warn_once_then_count():

@@ -1,0 +1,240 @@
+"""The TRPO policy step (Schulman et al. 2015): conjugate gradient, Fisher products, line search.
+
+Every function is pure, jittable and generic over parameter pytrees. The loops are
+`lax.while_loop`s with static bounds, so a step runs inside a jitted (or vmapped) training
+step with no host round-trip.
+
+`kl_fn(params)` is the mean KL(old || new(params)) with the old policy held fixed, so it is 0
+with zero gradient at the old parameters and its Hessian there is the Fisher matrix.
+`surrogate_fn(params)` is mean(ratio * advantage), to be maximized.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from optax.tree_utils import tree_vdot
+
+from ppo_jax.types import Params
+
+
+class CGResult(NamedTuple):
+  """x: solution shaped like b; residual_norm: [] |b - A x| as CG's recurrence tracks it;
+  iterations_run: [] int32, the matrix-vector products spent."""
+
+  x: Params
+  residual_norm: jax.Array
+  iterations_run: jax.Array
+
+
+class LineSearchResult(NamedTuple):
+  """Everything is measured at the returned params (the old ones when rejected).
+
+  Attributes:
+    params: the accepted candidate, or the old params unchanged.
+    accepted: [] bool.
+    backtracks: [] int32, shrinkings tried before acceptance; max_backtracks when rejected.
+    step_fraction: [] backtrack_coef ** backtracks, or 0 when rejected.
+    kl: [] kl_fn at the returned params (0 when rejected).
+    improvement: [] surrogate gain of the returned params over the old (0 when rejected).
+  """
+
+  params: Params
+  accepted: jax.Array
+  backtracks: jax.Array
+  step_fraction: jax.Array
+  kl: jax.Array
+  improvement: jax.Array
+
+
+class TRPOStepResult(NamedTuple):
+  """One TRPO policy step; scalars are [] and describe the returned params.
+
+  Attributes:
+    params: new policy params (bitwise the old ones when the step is rejected).
+    accepted, backtracks, step_fraction, kl, improvement: as in LineSearchResult.
+    step_size: L2 norm of the step taken (0 when rejected).
+    expected_improvement: first-order prediction g . step of `improvement` (0 when rejected).
+    cg_residual: residual norm of the CG solve of F s = g.
+    grad_norm: L2 norm of the surrogate gradient g.
+  """
+
+  params: Params
+  accepted: jax.Array
+  backtracks: jax.Array
+  step_fraction: jax.Array
+  step_size: jax.Array
+  kl: jax.Array
+  improvement: jax.Array
+  expected_improvement: jax.Array
+  cg_residual: jax.Array
+  grad_norm: jax.Array
+
+
+def conjugate_gradient(
+  matvec: Callable[[Params], Params], b: Params, iterations: int, residual_tol: float = 1e-10
+) -> CGResult:
+  """Solves A x = b for a symmetric positive-definite A, starting from x = 0.
+
+  Args:
+    matvec: v -> A v on pytrees shaped like `b`.
+    b: right-hand side, any pytree of float arrays.
+    iterations: static maximum number of iterations (matrix-vector products).
+    residual_tol: stop early once the squared residual norm is <= this.
+  Returns:
+    CGResult; x has the structure and shapes of `b`.
+  """
+  b_flat, unravel = ravel_pytree(b)
+
+  def cond(state):
+    i, _, _, _, r_dot_r = state
+    return (i < iterations) & (r_dot_r > residual_tol)
+
+  def body(state):
+    i, x, r, p, r_dot_r = state
+    a_p = ravel_pytree(matvec(unravel(p)))[0]
+    alpha = r_dot_r / jnp.vdot(p, a_p)
+    x = x + alpha * p
+    r = r - alpha * a_p
+    new_r_dot_r = jnp.vdot(r, r)
+    p = r + (new_r_dot_r / r_dot_r) * p
+    return i + 1, x, r, p, new_r_dot_r
+
+  init = (jnp.int32(0), jnp.zeros_like(b_flat), b_flat, b_flat, jnp.vdot(b_flat, b_flat))
+  i, x, _, _, r_dot_r = jax.lax.while_loop(cond, body, init)
+  return CGResult(x=unravel(x), residual_norm=jnp.sqrt(r_dot_r), iterations_run=i)
+
+
+def fisher_vector_product(
+  kl_fn: Callable[[Params], jax.Array], params: Params, damping: float
+) -> Callable[[Params], Params]:
+  """Returns v -> (H + damping I) v, H the Hessian of `kl_fn` at `params` (the Fisher matrix).
+
+  Forward-over-reverse: a jvp of grad(kl_fn). `jax.linearize` runs the primal pass once here,
+  so each product inside CG costs only the tangent pass. Damping keeps F s = g well posed when
+  the sampled Fisher is (near) singular.
+  """
+  _, hessian_vector_product = jax.linearize(jax.grad(kl_fn), params)
+
+  def fvp(v: Params) -> Params:
+    return jax.tree.map(lambda hv, x: hv + damping * x, hessian_vector_product(v), v)
+
+  return fvp
+
+
+def line_search(
+  surrogate_fn: Callable[[Params], jax.Array],
+  kl_fn: Callable[[Params], jax.Array],
+  params: Params,
+  full_step: Params,
+  expected_improvement: jax.Array,
+  max_kl: float,
+  max_backtracks: int = 10,
+  backtrack_coef: float = 0.5,
+  accept_ratio: float = 0.0,
+) -> LineSearchResult:
+  """Backtracks params + backtrack_coef**k * full_step, k = 0 .. max_backtracks - 1.
+
+  Accepts the first candidate with kl_fn <= max_kl, a positive surrogate improvement, and an
+  improvement >= accept_ratio * expected_improvement * step fraction. Schulman's original uses
+  accept_ratio = 0.1; the default 0 asks only for a real gain. A step that is not an ascent
+  direction (expected_improvement <= 0 or non-finite) is rejected without evaluation.
+
+  Args:
+    full_step: pytree shaped like `params`, the step at fraction 1.
+    expected_improvement: [] first-order gain g . full_step of the full step.
+    max_backtracks: static number of candidates tried.
+  Returns:
+    LineSearchResult; when rejected, `params` are returned unchanged.
+  """
+  surrogate_old = surrogate_fn(params)
+  kl_zero = jnp.zeros((), jax.eval_shape(kl_fn, params).dtype)
+  is_ascent = jnp.isfinite(expected_improvement) & (expected_improvement > 0)
+
+  def cond(state):
+    k, accepted, _, _, _ = state
+    return is_ascent & ~accepted & (k < max_backtracks)
+
+  def body(state):
+    k, _, _, _, _ = state
+    fraction = backtrack_coef**k
+    candidate = jax.tree.map(lambda p, s: (p + fraction * s).astype(p.dtype), params, full_step)
+    kl = kl_fn(candidate)
+    improvement = surrogate_fn(candidate) - surrogate_old
+    accepted = (
+      (kl <= max_kl)
+      & (improvement > 0)
+      & (improvement >= accept_ratio * expected_improvement * fraction)
+    )
+    # k stays at the accepted candidate, so it counts the shrinkings before acceptance.
+    return jnp.where(accepted, k, k + 1), accepted, candidate, kl, improvement
+
+  init = (jnp.int32(0), jnp.bool_(False), params, kl_zero, jnp.zeros_like(surrogate_old))
+  k, accepted, candidate, kl, improvement = jax.lax.while_loop(cond, body, init)
+  return LineSearchResult(
+    params=jax.tree.map(lambda new, old: jnp.where(accepted, new, old), candidate, params),
+    accepted=accepted,
+    backtracks=jnp.where(accepted, k, jnp.int32(max_backtracks)),
+    step_fraction=jnp.where(accepted, backtrack_coef**k, 0.0),
+    kl=jnp.where(accepted, kl, 0.0),
+    improvement=jnp.where(accepted, improvement, 0.0),
+  )
+
+
+def trpo_step(
+  surrogate_fn: Callable[[Params], jax.Array],
+  kl_fn: Callable[[Params], jax.Array],
+  params: Params,
+  max_kl: float,
+  cg_iterations: int = 10,
+  cg_damping: float = 0.1,
+  max_backtracks: int = 10,
+  backtrack_coef: float = 0.5,
+  accept_ratio: float = 0.0,
+) -> TRPOStepResult:
+  """One natural-gradient step on the surrogate, scaled to the KL bound, then a line search.
+
+  Solves F s = g by CG, scales s so that the quadratic model of the KL, 0.5 step^T F step,
+  equals max_kl, and backtracks from there.
+
+  Args:
+    surrogate_fn: params -> [] mean(ratio * advantage), to be maximized.
+    kl_fn: params -> [] mean KL(old || new), old fixed at `params`.
+    params: current (old) policy params, any pytree of float arrays.
+    max_kl: trust-region radius delta.
+    cg_iterations, max_backtracks: static loop bounds.
+  Returns:
+    TRPOStepResult; rejected steps return `params` unchanged.
+  """
+  grad = jax.grad(surrogate_fn)(params)
+  fvp = fisher_vector_product(kl_fn, params, cg_damping)
+  cg = conjugate_gradient(fvp, grad, cg_iterations)
+  s_dot_fs = tree_vdot(cg.x, fvp(cg.x))
+  # A zero gradient or a broken solve leaves no direction to scale: a zero step, which the
+  # line search rejects as no ascent.
+  valid = jnp.isfinite(s_dot_fs) & (s_dot_fs > 0)
+  scale = jnp.sqrt(2.0 * max_kl / jnp.where(valid, s_dot_fs, 1.0))
+  full_step = jax.tree.map(lambda s: jnp.where(valid, scale * s, 0.0).astype(s.dtype), cg.x)
+  expected = tree_vdot(grad, full_step)
+  search = line_search(
+    surrogate_fn,
+    kl_fn,
+    params,
+    full_step,
+    expected,
+    max_kl,
+    max_backtracks,
+    backtrack_coef,
+    accept_ratio=accept_ratio,
+  )
+  return TRPOStepResult(
+    **search._asdict(),
+    step_size=search.step_fraction * jnp.sqrt(tree_vdot(full_step, full_step)),
+    expected_improvement=search.step_fraction * expected,
+    cg_residual=cg.residual_norm,
+    grad_norm=jnp.sqrt(tree_vdot(grad, grad)),
+  )

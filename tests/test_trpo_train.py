@@ -1,0 +1,69 @@
+"""TRPO inside the training step: the KL bound holds for accepted steps, rejected steps keep
+the policy, and it learns a built-in task."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import numpy as np
+from tiny import tiny
+
+from experiments.presets import PRESETS
+from ppo_jax import train
+from ppo_jax.train import init_state, make_env_and_networks, make_train_step
+
+
+def run_steps(cfg, iterations):
+  env, networks = make_env_and_networks(cfg)
+  state = init_state(cfg, env, networks)
+  step = jax.jit(make_train_step(cfg, env, networks))
+  states, metrics = [jax.device_get(state)], []
+  for _ in range(iterations):
+    state, m = step(state)
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(m))
+  return states, {k: np.array([m[k] for m in metrics]) for k in metrics[0]}
+
+
+def check_steps(cfg, states, metrics):
+  accepted = metrics["trpo/accepted"].astype(bool)
+  for i, ok in enumerate(accepted):
+    before, after = states[i].params, states[i + 1].params
+    if ok:
+      assert metrics["trpo/kl"][i] <= cfg.trpo_max_kl
+      assert metrics["trpo/improvement"][i] > 0
+      assert 0 <= metrics["trpo/backtracks"][i] < cfg.trpo_max_backtracks
+      assert not np.array_equal(jax.tree.leaves(before.policy)[0], jax.tree.leaves(after.policy)[0])
+    else:
+      chex.assert_trees_all_equal(before.policy, after.policy)
+      assert metrics["trpo/kl"][i] == 0 and metrics["trpo/step_size"][i] == 0
+    # The value network trains by minibatch epochs either way.
+    assert not np.array_equal(jax.tree.leaves(before.value)[0], jax.tree.leaves(after.value)[0])
+  return accepted
+
+
+def test_accepted_steps_respect_the_kl_bound():
+  cfg = tiny(algorithm="trpo", trpo_max_kl=0.01)
+  states, metrics = run_steps(cfg, 6)
+  accepted = check_steps(cfg, states, metrics)
+  assert accepted.all()
+  assert np.all(metrics["trpo/cg_residual"] < 1e-2)
+
+
+def test_rejected_steps_leave_the_policy_unchanged():
+  # One candidate only, at a bound so loose that the full natural-gradient step overshoots
+  # the quadratic model: most are rejected (no surrogate improvement), some accepted.
+  cfg = tiny(algorithm="trpo", trpo_max_kl=10.0, trpo_max_backtracks=1)
+  states, metrics = run_steps(cfg, 8)
+  accepted = check_steps(cfg, states, metrics)
+  assert 0 < accepted.sum() < len(accepted)
+
+
+def test_trpo_learns_cartpole():
+  cfg = dataclasses.replace(PRESETS["cartpole_balance"], algorithm="trpo")
+  result = train(cfg, show_progress=False)
+  returns = result.evals["eval/episode_return"]
+  assert returns.max() >= 475, returns
+  assert result.metrics["trpo/accepted"].mean() > 0.5
