@@ -3,17 +3,25 @@
 A checkpoint holds everything a run needs to continue as if it had never stopped: params,
 optimizer state, observation statistics, adaptive learning rate, RNG key, every env's state,
 the iteration counter, plus the host's own small state (the evaluation key, the config).
-Orbax writes each one to a temporary directory and renames it when complete, so a kill
-during a write never leaves a checkpoint that `latest` would pick up.
+Orbax writes each one to a temporary directory (`<step>.orbax-checkpoint-tmp`) and renames
+it when complete, so a kill during a write never leaves a checkpoint that `latest` would
+pick up; the next `manager` of the run directory deletes such leftovers. A save that fails
+(a full disk) removes its partial write and says which earlier checkpoint is intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
@@ -28,7 +36,10 @@ POLICY = "policy"
 def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
   """Checkpoint manager of a run directory, keeping the last `keep` checkpoints."""
   options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep, create=True, enable_async_checkpointing=False
+    max_to_keep=keep,
+    create=True,
+    enable_async_checkpointing=False,
+    cleanup_tmp_directories=True,  # partial writes of a run that was killed
   )
   return ocp.CheckpointManager(
     Path(run_dir).absolute() / CHECKPOINTS, options=options, item_names=("state", "host")
@@ -42,30 +53,98 @@ def _nonempty_leaves(tree: Any) -> dict[str, Any]:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, host: dict[str, Any]) -> None:
-  """Saves `state` (any pytree of arrays) as checkpoint `step`; `host` is JSON-able."""
-  mngr.save(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_nonempty_leaves(state)), host=ocp.args.JsonSave(host)
-    ),
-  )
-  mngr.wait_until_finished()
+  """Saves `state` (any pytree of arrays) as checkpoint `step`; `host` is JSON-able.
+
+  Raises:
+    OSError: the write failed, with the same errno; the message names the step, the path and
+      the latest checkpoint left intact ("disk full while saving checkpoint 4 to ...; the
+      previous checkpoint 2 is intact"). The partial write is removed first.
+  """
+  started = set(threading.enumerate())
+  try:
+    mngr.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(_nonempty_leaves(state)), host=ocp.args.JsonSave(host)
+      ),
+    )
+    mngr.wait_until_finished()
+  except Exception as error:
+    # Orbax raises the first failed write while the others still run in its threads: they
+    # must end before the partial checkpoint is removed, or they would write it back.
+    _join(set(threading.enumerate()) - started, timeout=30.0)
+    _remove_partial(mngr.directory, step)
+    cause = _os_error(error)
+    if cause is None:
+      raise
+    raise OSError(cause.errno, _save_failure(mngr, step, cause)) from error
+
+
+def _join(threads: set[threading.Thread], timeout: float) -> None:
+  """Waits for `threads` to end, `timeout` seconds at most in all."""
+  deadline = time.monotonic() + timeout
+  for thread in threads:
+    thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+  """The OSError that caused `error` (orbax may re-raise it from a worker thread), if any."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    if isinstance(error, OSError) and error.errno is not None:
+      return error
+    seen.add(id(error))
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _remove_partial(directory: Any, step: int) -> None:
+  """Deletes what a failed save of `step` left: its temporary directory, never a checkpoint."""
+  for path in Path(directory).glob(f"{step}{ocp.utils.TMP_DIR_SUFFIX}*"):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _save_failure(mngr: ocp.CheckpointManager, step: int, cause: OSError) -> str:
+  """What failed, where, and which checkpoint a resume would continue from."""
+  what = "disk full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else "could not write"
+  mngr.reload()  # the steps on disk, not the ones this manager meant to write
+  steps = mngr.all_steps()
+  if step in steps:  # the failure came after the checkpoint was complete
+    left = f"checkpoint {step} itself is complete"
+  elif steps:
+    left = f"the previous checkpoint {max(steps)} is intact"
+  else:
+    left = "there is no earlier checkpoint, so a resume starts the run over"
+  reason = cause.strerror or os.strerror(cause.errno)
+  return f"{what} ({reason}) while saving checkpoint {step} to {mngr.directory / str(step)}; {left}"
 
 
 def restore_latest(mngr: ocp.CheckpointManager, like: Any) -> tuple[Any, dict[str, Any]] | None:
-  """The latest complete checkpoint as (state, host), `state` shaped like `like`; None if none."""
+  """The latest complete checkpoint as (state, host), `state` shaped like `like`; None if none.
+
+  Arrays are read to the host, then put on the default device as a fresh state's are (not
+  committed to it), so a resumed run lowers to the very program a fresh one does: bit-identical
+  steps, and a hit in a persistent compilation cache.
+  """
   step = mngr.latest_step()
   if step is None:
     return None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _nonempty_leaves(like))
+  abstract = jax.tree.map(_host_like, _nonempty_leaves(like))
   restored = mngr.restore(
     step,
     args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()),
   )
   leaves, treedef = jax.tree.flatten(like)
-  data = restored.state
+  data = jax.tree.map(jnp.asarray, restored.state)
   leaves = [data[f"{i:06d}"] if np.size(leaf) else leaf for i, leaf in enumerate(leaves)]
   return jax.tree.unflatten(treedef, leaves), restored.host
+
+
+def _host_like(leaf: Any) -> Any:
+  """What orbax restores `leaf` as: a numpy array, or a device array for extended dtypes."""
+  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):  # e.g. typed PRNG keys
+    return ocp.utils.to_shape_dtype_struct(leaf)
+  return np.empty(np.shape(leaf), leaf.dtype)
 
 
 def save_policy(
