@@ -2,6 +2,9 @@
 
 python -m experiments.evaluate RUN_DIR [--episodes 10] [--deterministic] [--seed 0] [--no-video]
 
+RUN_DIR may also be RUN_DIR/largest_kl/before or .../after: the policies around the update with
+the largest KL, which the trainer saves; the same --seed gives both the same initial states.
+
 Runs `--episodes` fresh envs in parallel for `max_episode_steps` steps (one jitted scan)
 and keeps each env's first episode only. Everything goes to a new folder,
 RUN_DIR/eval/<date>-<time>[-n]/, so an earlier evaluation is never overwritten:
@@ -35,7 +38,7 @@ import jax
 import numpy as np
 
 from envs import Environment
-from ppo_jax import PPOConfig, load_policy
+from ppo_jax import checkpoint, load_policy
 from ppo_jax.rollout import Trace, summarize_trace, trace_episodes
 from ppo_jax.train import make_env_and_networks
 
@@ -194,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     description="Evaluate a run's final policy; results go to RUN_DIR/eval/<time>/.",
     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
-  parser.add_argument("run_dir", type=Path, help="run directory (config.json, policy/)")
+  parser.add_argument(
+    "run_dir",
+    type=Path,
+    help="run directory, or a policy folder's parent such as RUN_DIR/largest_kl/before",
+  )
   parser.add_argument("--episodes", type=int, default=10, help="episodes, run in parallel")
   parser.add_argument(
     "--deterministic", action="store_true", help="act with the mean action, not a sample"
@@ -211,10 +218,10 @@ def main(argv: list[str] | None = None) -> Path:
   run_dir: Path = args.run_dir
   if args.episodes < 1:
     parser.error(f"--episodes ({args.episodes}) must be >= 1")
-  config_path = run_dir / "config.json"
-  if not config_path.exists():
-    parser.error(f"{run_dir} has no config.json")
-  cfg = PPOConfig(**json.loads(config_path.read_text()))
+  try:  # the config the policy was saved with
+    cfg = checkpoint.load_policy_payload(run_dir)[0]
+  except FileNotFoundError as error:
+    parser.error(str(error))
 
   # A MUJOCO_GL that breaks `import mujoco` would break the env too: then it is made without GL.
   gl_error = mujoco_import_error() if cfg.env.startswith(MUJOCO_SOURCES) else None

@@ -145,3 +145,14 @@ def test_a_brax_run_dir(tmp_path, capsys):
   out = capsys.readouterr().out
   # A video where MUJOCO_GL lets MuJoCo render here, else the note saying why not.
   assert "video of episode 0:" in out or "video: rendering is unavailable:" in out
+
+
+def test_policies_around_the_largest_kl_update_evaluate_on_the_same_states(run_dir, capsys):
+  outs = [
+    evaluate.main([str(run_dir / "largest_kl" / name), "--episodes", "2", "--no-video"])
+    for name in ("before", "after")
+  ]
+  (before, before_trace), (after, after_trace) = (read(out) for out in outs)
+  np.testing.assert_array_equal(before_trace["observations"][0], after_trace["observations"][0])
+  assert before["episodes"] == after["episodes"] == 2
+  assert "mean return" in capsys.readouterr().out
