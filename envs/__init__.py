@@ -8,12 +8,13 @@ and truncations kept apart, and the final observation before a reset kept for bo
 
 from __future__ import annotations
 
+import difflib
 import functools
 
 from envs.base import CoreEnv, Environment, EnvState
 from envs.builtin import TASKS
 
-__all__ = ["CoreEnv", "Environment", "EnvState", "available", "make"]
+__all__ = ["CoreEnv", "Environment", "EnvState", "available", "check_name", "make"]
 
 SOURCES = ("brax", "playground", "builtin")
 
@@ -43,6 +44,39 @@ def available() -> list[str]:
   )
 
 
+def _did_you_mean(word: str, candidates: list[str], prefix: str = "") -> str:
+  """ "did you mean 'x'? " for the candidate nearest to `word` (ignoring case), else ""."""
+  by_lower = {c.lower(): c for c in candidates}
+  match = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+  return f"did you mean {prefix + by_lower[match[0]]!r}? " if match else ""
+
+
+def check_name(name: str) -> None:
+  """Raises ValueError unless `make` knows `name`.
+
+  The message suggests the closest known name and lists what the source has (every name, for
+  an unknown source). Brax and Playground are imported to read their registries.
+  """
+  source, _, env_name = name.partition("/")
+  if source not in SOURCES or not env_name:
+    names = available()
+    raise ValueError(
+      f"env {name!r} must be '<source>/<name>' with source one of {SOURCES}; "
+      f"{_did_you_mean(name, names)}available: {', '.join(names)}"
+    )
+  registry, what = {
+    "builtin": (lambda: sorted(TASKS), "built-in tasks"),
+    "brax": (_brax_names, "Brax envs"),
+    "playground": (_playground_names, "Playground envs available offline (DM Control Suite)"),
+  }[source]
+  names = list(registry())
+  if env_name not in names:
+    raise ValueError(
+      f"unknown env {name!r}; {_did_you_mean(env_name, names, f'{source}/')}"
+      f"{what}: {', '.join(names)}"
+    )
+
+
 def make(
   name: str,
   *,
@@ -66,32 +100,19 @@ def make(
     ValueError: unknown source or name (the message lists what is available), or a
       backend given for a source that has none.
   """
+  check_name(name)
   source, _, env_name = name.partition("/")
-  if source not in SOURCES or not env_name:
-    raise ValueError(
-      f"env {name!r} must be '<source>/<name>' with source one of {SOURCES}; available: "
-      + ", ".join(available())
-    )
   if source == "builtin":
-    if env_name not in TASKS:
-      raise ValueError(f"unknown env {name!r}; built-in tasks: {sorted(TASKS)}")
     if backend is not None:
       raise ValueError(f"backend ({backend!r}) applies to brax/ and playground/ envs only")
     core = TASKS[env_name](**kwargs)
     length, solved = core.default_episode_length, core.solved_threshold
   elif source == "brax":
-    if env_name not in _brax_names():
-      raise ValueError(f"unknown env {name!r}; Brax envs: {list(_brax_names())}")
     from brax import envs as brax_envs
 
     core = brax_envs.get_environment(env_name, backend=backend or "generalized", **kwargs)
     length, solved = 1000, None
   else:
-    if env_name not in _playground_names():
-      raise ValueError(
-        f"unknown env {name!r}; Playground envs available offline (DM Control Suite): "
-        f"{list(_playground_names())}"
-      )
     from mujoco_playground import registry
 
     overrides = {"impl": backend or "jax", **kwargs}

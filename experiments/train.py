@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import re
 import time
 from pathlib import Path
 
+import envs
 from experiments.plot import plot_runs
 from experiments.presets import PRESETS
 from ppo_jax import PPOConfig, train
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     description="Train PPO on a preset; every PPOConfig field can be overridden.",
     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    allow_abbrev=False,  # "--learn 1e-3" would silently set learning_rate
   )
   parser.add_argument("preset", nargs="?", default="default", help="preset name (see --list)")
   parser.add_argument("--list", action="store_true", help="list the presets and exit")
@@ -71,14 +74,33 @@ def new_run_dir(runs: str, preset: str) -> Path:
   return path
 
 
-def main(argv: list[str] | None = None) -> Path | None:
-  parser = build_parser()
-  args = vars(parser.parse_args(argv))
-  if args.pop("list"):
-    for name, cfg in PRESETS.items():
-      print(f"{name:<32} {cfg.env:<32} {cfg.num_timesteps:>12,d} steps")
-    return None
+def did_you_mean(word: str, candidates: list[str]) -> str:
+  """ "; did you mean <closest>?" when a candidate is close to `word`, else ""."""
+  match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+  return f"; did you mean {match[0]}?" if match else ""
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
+  """Parsed arguments as a dict; an unknown option fails naming the closest known one."""
+  args, unknown = parser.parse_known_args(argv)
+  for arg in unknown:
+    if arg.startswith("-"):
+      name = arg.split("=", 1)[0]
+      known = [s for action in parser._actions for s in action.option_strings]
+      parser.error(f"unknown option {name}{did_you_mean(name, known)}")
+  if unknown:
+    parser.error(f"unexpected argument(s): {' '.join(unknown)} (a single preset name at most)")
+  return vars(args)
+
+
+def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOConfig, Path, bool]:
+  """(config, run directory, resume) asked for by `parse_args`'s result; parser.error if bad.
+
+  Creates nothing: a new run's directory is only named here.
+  """
+  args = dict(args)
   preset, runs, run_dir, resume = (args.pop(k) for k in ("preset", "runs", "run_dir", "resume"))
+  args.pop("list", None)
   if resume is not None:
     if args:
       parser.error(f"--resume takes no config overrides (got {', '.join(args)})")
@@ -88,18 +110,36 @@ def main(argv: list[str] | None = None) -> Path | None:
     cfg, run_dir = PPOConfig(**json.loads(config_path.read_text())), Path(resume)
   else:
     if preset not in PRESETS:
-      parser.error(f"unknown preset {preset!r}; available: {', '.join(PRESETS)}")
+      parser.error(
+        f"unknown preset {preset!r}{did_you_mean(preset, list(PRESETS)) or ';'} "
+        f"available: {', '.join(PRESETS)}"
+      )
     try:
       cfg = dataclasses.replace(PRESETS[preset], **args)
     except (ValueError, TypeError) as error:  # the message names the field and the rule
       parser.error(str(error))
     run_dir = Path(run_dir) if run_dir else new_run_dir(runs, preset)
+  try:
+    envs.check_name(cfg.env)  # before a run directory is made for an env that does not exist
+  except ValueError as error:
+    parser.error(str(error))
+  return cfg, run_dir, resume is not None
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+  parser = build_parser()
+  args = parse_args(parser, argv)
+  if args["list"]:
+    for name, cfg in PRESETS.items():
+      print(f"{name:<32} {cfg.env:<32} {cfg.num_timesteps:>12,d} steps")
+    return None
+  cfg, run_dir, resume = config_from_args(parser, args)
   print(
     f"run directory: {run_dir}\n{cfg.env}: {cfg.total_env_steps:,d} env steps in "
     f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}",
     flush=True,
   )
-  result = train(cfg, run_dir, resume=resume is not None)
+  result = train(cfg, run_dir, resume=resume)
   plot = plot_runs([run_dir], run_dir / "plot.png")
   final = result.evals["eval/episode_return"][-1]
   print(

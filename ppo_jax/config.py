@@ -249,7 +249,9 @@ def _check_types(cfg: PPOConfig) -> None:
     is_bool = isinstance(value, bool)
     ok = isinstance(value, kinds) and (is_bool == (kinds == (bool,)))
     if ok and isinstance(value, tuple):
-      ok = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)
+      ok = all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and _is_finite(v) for v in value
+      )
     if ok and isinstance(value, numbers.Real) and not _is_finite(value):
       ok = False
     if not ok:
@@ -306,7 +308,19 @@ def _check_values(c: PPOConfig) -> None:
   ):
     value = getattr(c, field)
     _require(value >= 1, f"{field} ({value}) must be >= 1")
-  _require(c.monitor_window >= 2, f"monitor_window ({c.monitor_window}) must be >= 2")
+  _require(
+    2 <= c.monitor_window <= 10_000,
+    f"monitor_window ({c.monitor_window}) must be in [2, 10000]: the device keeps that history",
+  )
+  # Counted on the device in int32.
+  for field in (
+    "clip_idle_iterations",
+    "max_nonfinite_iterations",
+    "trpo_cg_iterations",
+    "trpo_max_backtracks",
+  ):
+    value = getattr(c, field)
+    _require(value < 2**31, f"{field} ({value}) must be < 2**31 (an int32 counter)")
   _require(c.kl_spike_factor > 1, f"kl_spike_factor ({c.kl_spike_factor}) must be > 1")
   _require(
     c.kl_spike_min < c.kl_spike_max,
