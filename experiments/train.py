@@ -14,6 +14,8 @@ import re
 import time
 from pathlib import Path
 
+import numpy as np
+
 import envs
 from experiments.plot import plot_runs
 from experiments.presets import PRESETS
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> Path | None:
   )
   result = train(cfg, run_dir, resume=resume)
   plot = plot_runs([run_dir], run_dir / "plot.png")
-  final = result.evals["eval/episode_return"][-1]
+  # The last evaluation (averaged over the seeds of a panel).
+  final = float(np.mean(result.evals["eval/episode_return"][..., -1]))
   print(
     f"done: eval return {final:.1f} after {cfg.total_env_steps:,d} steps; "
     f"compile {result.compile_seconds:.1f} s, training {result.train_seconds:.1f} s\n"

@@ -4,6 +4,7 @@ import json
 import math
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 from experiments import plot
@@ -146,3 +147,15 @@ def test_cli_bad_run_dir(tmp_path, capsys, without_metrics):
   assert "no_such_run" in err and "Traceback" not in err
   assert ("metrics.jsonl" in err) == without_metrics
   assert not (tmp_path / "x.png").exists()
+
+
+def test_series_averages_the_seeds_of_a_panel():
+  records = [
+    {"env_steps": 10, "seed": 0, "episode_return": 1.0},
+    {"env_steps": 10, "seed": 1, "episode_return": 3.0},
+    {"env_steps": 20, "seed": 0, "episode_return": 5.0},
+    {"env_steps": 20, "seed": 1, "episode_return": None},
+  ]
+  steps, values = plot.series(records, "episode_return")
+  np.testing.assert_array_equal(steps, [10, 20])
+  np.testing.assert_array_equal(values, [2.0, 5.0])
