@@ -180,9 +180,11 @@ def test_aggressive_config_fires_kl_spike_and_clip_saturated_default_fires_neith
 
 
 @dataclasses.dataclass(frozen=True)
-class NaNRewards:
-  """The built-in cartpole, with NaN rewards."""
+class Broken:
+  """The built-in cartpole, with `value` (NaN or Inf) in its rewards or observations."""
 
+  field: str = "reward"
+  value: float = float("nan")
   task: CartpoleBalance = CartpoleBalance()
   observation_size: int = 4
   action_size: int = 1
@@ -191,16 +193,19 @@ class NaNRewards:
     return self.task.reset(key)
 
   def step(self, state, action):
-    return self.task.step(state, action).replace(reward=jnp.float32(jnp.nan))
+    state = self.task.step(state, action)
+    bad = jnp.full_like(getattr(state, self.field), self.value)
+    return state.replace(**{self.field: bad})
 
 
-def nan_env(cfg):
-  return envs.Environment(NaNRewards(), "builtin/nan_rewards", cfg.episode_length)
+def nan_env(cfg, field="reward", value=float("nan")):
+  return envs.Environment(Broken(field, value), f"builtin/broken_{field}", cfg.episode_length)
 
 
-def test_nan_rewards_skip_the_update_and_keep_the_state():
+@pytest.mark.parametrize("field, value", [("reward", np.nan), ("obs", np.inf)])
+def test_nonfinite_rollouts_skip_the_update_and_keep_the_state(field, value):
   cfg = tiny()
-  states, metrics = run_steps(cfg, 3, env=nan_env(cfg))
+  states, metrics = run_steps(cfg, 3, env=nan_env(cfg, field, value))
   assert metrics["label/nonfinite"].all() and metrics["nonfinite_rollout"].all()
   np.testing.assert_array_equal(metrics["nonfinite_streak"], [1, 2, 3])
   for before, after in zip(states[:-1], states[1:], strict=True):
