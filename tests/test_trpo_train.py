@@ -62,7 +62,11 @@ def test_rejected_steps_leave_the_policy_unchanged():
 
 
 def test_trpo_learns_cartpole():
-  cfg = dataclasses.replace(PRESETS["cartpole_balance"], algorithm="trpo")
+  # 4 chunks of 4 iterations of 16,384 steps (the preset's 300k steps make 20 iterations).
+  cfg = dataclasses.replace(
+    PRESETS["cartpole_balance"], algorithm="trpo", num_timesteps=262_144, num_evals=5
+  )
+  assert cfg.num_iterations == 16
   result = train(cfg, show_progress=False)
   returns = result.evals["eval/episode_return"]
   assert returns.max() >= 475, returns
