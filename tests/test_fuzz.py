@@ -224,7 +224,7 @@ def test_bad_configs_are_rejected_naming_a_field(kwargs):
   event("trained" if trains_or_names_a_field(kwargs) else "rejected")
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configs(min_wild=0, max_wild=1, consistent=True))
 def test_valid_ish_configs_train_one_step(kwargs):
   # Mostly valid: at most one field drawn wild, sizes that fit together. Examples that break

@@ -144,24 +144,6 @@ def test_linear_schedule_decays_to_zero():
   np.testing.assert_allclose(rates, expected, rtol=1e-6)
 
 
-def test_vmapped_over_seeds_equals_separate_runs():
-  cfgs = [tiny(seed=seed) for seed in (0, 1)]
-  env, networks, _ = setup(cfgs[0])
-  states = [init_state(cfg, env, networks) for cfg in cfgs]
-  step = make_train_step(cfgs[0], env, networks)  # the seed only enters through the state
-  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-  panel_state, panel_metrics = jax.jit(jax.vmap(step))(stacked)
-  for i, state in enumerate(states):
-    alone_state, alone_metrics = jax.jit(step)(state)
-    chex.assert_trees_all_close(
-      jax.tree.map(lambda x, i=i: x[i], panel_state.params), alone_state.params, atol=1e-5
-    )
-    np.testing.assert_allclose(
-      panel_metrics["value_loss"][i], alone_metrics["value_loss"], rtol=1e-4
-    )
-  assert not np.allclose(panel_metrics["value_loss"][0], panel_metrics["value_loss"][1])
-
-
 def test_train_returns_per_iteration_metrics_and_a_jittable_policy():
   cfg = tiny()
   records = []

@@ -8,6 +8,7 @@ import dataclasses
 import chex
 import jax
 import numpy as np
+import pytest
 from tiny import tiny
 
 from experiments.presets import PRESETS
@@ -61,6 +62,7 @@ def test_rejected_steps_leave_the_policy_unchanged():
   assert 0 < accepted.sum() < len(accepted)
 
 
+@pytest.mark.slow  # ~1 min; `make test-slow`
 def test_trpo_learns_cartpole():
   # 4 chunks of 4 iterations of 16,384 steps (the preset's 300k steps make 20 iterations).
   cfg = dataclasses.replace(
