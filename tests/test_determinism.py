@@ -12,14 +12,13 @@ same test (drop the flag to check), and test_run_dir compares two of its runs in
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from tiny import tiny
+from tiny import child_environment, tiny
 
 CFG = tiny(num_evals=3)
 TIMING = ("metrics/wall_time", "metrics/sps", "evals/wall_time")
@@ -44,14 +43,7 @@ np.savez(out, **arrays)
 def launch(
   tmp_path: Path, name: str, seed: int, cache: Path | None
 ) -> tuple[subprocess.Popen, Path]:
-  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip()}
-  if cache is not None:
-    env.update(
-      JAX_COMPILATION_CACHE_DIR=str(cache),
-      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+  env = child_environment(cache)
   config = json.dumps({**CFG.to_dict(), "seed": seed})
   out = tmp_path / f"{name}.npz"
   log = (tmp_path / f"{name}.log").open("w")

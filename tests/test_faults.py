@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 from etils import epath
-from tiny import tiny
+from tiny import child_environment, tiny
 
 from ppo_jax import checkpoint, train
 from ppo_jax.logger import EVALS_FILE, METRICS_FILE, JsonLines
@@ -84,16 +84,7 @@ class Child:
   started_here: list[Child] = []  # killed at the end of the test that started them, if alive
 
   def __init__(self, run_dir: Path, name: str, cache: Path | None, resume=False, fault="none"):
-    # XLA's backend optimizations off: half the compile time, and every run of this file
-    # compiles alike, so bit-identity holds between them (test_determinism checks the default).
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip()}
-    if cache is not None:
-      env.update(
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-      )
+    env = child_environment(cache)
     self.name, self.run_dir = name, run_dir
     self.log = run_dir.with_name(f"{run_dir.name}.{name}.log")
     config = json.dumps(CFG.to_dict())

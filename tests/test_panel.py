@@ -44,18 +44,24 @@ def test_panel_run_dir_has_a_record_per_seed_and_iteration(tmp_path):
 
 
 def test_compare_writes_table_and_figure_on_a_tiny_budget(tmp_path, capsys):
-  settings = dict(
-    num_envs=8,
-    batch_size=8,
-    num_minibatches=4,
-    unroll_length=8,
-    num_updates_per_batch=2,
-    episode_length=100,
-    policy_hidden_layer_sizes="16,16",
-    value_hidden_layer_sizes="16,16",
-    num_evals=3,
-    num_eval_envs=4,
-  )
+  # The tiny config's sizes, as CLI overrides of the cartpole preset.
+  small = tiny()
+  settings = {
+    name: ",".join(map(str, value)) if isinstance(value, tuple) else value
+    for name in (
+      "num_envs",
+      "batch_size",
+      "num_minibatches",
+      "unroll_length",
+      "num_updates_per_batch",
+      "episode_length",
+      "policy_hidden_layer_sizes",
+      "value_hidden_layer_sizes",
+      "num_evals",
+      "num_eval_envs",
+    )
+    for value in [getattr(small, name)]
+  }
   out = compare.main(
     ["--env", "cartpole_balance", "--seeds", "2", "--steps", "2048", "--out", str(tmp_path / "c")]
     + ["--set", *(f"{k}={v}" for k, v in settings.items())]

@@ -1,4 +1,8 @@
-"""A config small enough to compile and train in seconds."""
+"""A config small enough to compile and train in seconds, and the environment of a training
+subprocess."""
+
+import os
+from pathlib import Path
 
 from ppo_jax import PPOConfig
 
@@ -20,3 +24,18 @@ def tiny(**overrides) -> PPOConfig:
     num_eval_envs=4,
   )
   return PPOConfig(**{**settings, **overrides})
+
+
+def child_environment(cache: Path | None) -> dict[str, str]:
+  """os.environ for a training subprocess: CPU, XLA's backend optimizations off (half the
+  compile time; every such child compiles alike, so their runs are bit-identical), and the
+  persistent compilation cache `cache` if given."""
+  flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0"
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags.strip()}
+  if cache is not None:
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=str(cache),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+  return env
