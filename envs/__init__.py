@@ -14,9 +14,25 @@ import functools
 from envs.base import CoreEnv, Environment, EnvState
 from envs.builtin import TASKS
 
-__all__ = ["CoreEnv", "Environment", "EnvState", "available", "check_name", "make"]
+__all__ = [
+  "BACKENDS",
+  "SOURCES",
+  "CoreEnv",
+  "Environment",
+  "EnvState",
+  "available",
+  "check_name",
+  "did_you_mean",
+  "make",
+]
 
-SOURCES = ("brax", "playground", "builtin")
+# Per source, the physics pipelines (Brax) or implementations (Playground) it accepts.
+BACKENDS = {
+  "brax": ("generalized", "positional", "spring", "mjx"),
+  "playground": ("jax", "warp"),
+  "builtin": (),
+}
+SOURCES = tuple(BACKENDS)
 
 
 @functools.cache
@@ -44,11 +60,16 @@ def available() -> list[str]:
   )
 
 
-def _did_you_mean(word: str, candidates: list[str], prefix: str = "") -> str:
-  """ "did you mean 'x'? " for the candidate nearest to `word` (ignoring case), else ""."""
+def did_you_mean(word: str, candidates: list[str]) -> str | None:
+  """The candidate closest to `word` (ignoring case), or None when none is close."""
   by_lower = {c.lower(): c for c in candidates}
   match = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
-  return f"did you mean {prefix + by_lower[match[0]]!r}? " if match else ""
+  return by_lower[match[0]] if match else None
+
+
+def _suggestion(word: str, candidates: list[str], prefix: str = "") -> str:
+  match = did_you_mean(word, candidates)
+  return f"did you mean {prefix + match!r}? " if match else ""
 
 
 def check_name(name: str) -> None:
@@ -62,7 +83,7 @@ def check_name(name: str) -> None:
     names = available()
     raise ValueError(
       f"env {name!r} must be '<source>/<name>' with source one of {SOURCES}; "
-      f"{_did_you_mean(name, names)}available: {', '.join(names)}"
+      f"{_suggestion(name, names)}available: {', '.join(names)}"
     )
   registry, what = {
     "builtin": (lambda: sorted(TASKS), "built-in tasks"),
@@ -72,7 +93,7 @@ def check_name(name: str) -> None:
   names = list(registry())
   if env_name not in names:
     raise ValueError(
-      f"unknown env {name!r}; {_did_you_mean(env_name, names, f'{source}/')}"
+      f"unknown env {name!r}; {_suggestion(env_name, names, f'{source}/')}"
       f"{what}: {', '.join(names)}"
     )
 

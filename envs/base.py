@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import struct
 
 
@@ -148,7 +149,7 @@ class Environment:
 
     key, reset_key = jax.random.split(state.key)
     fresh = self.core.reset(reset_key)
-    core = jax.tree.map(lambda new, old: jnp.where(done, new, old), fresh, core)
+    core = optax.tree.where(done, fresh, core)
     return EnvState(
       obs=_check_obs(core.obs, self.name),
       reward=reward,
@@ -173,7 +174,7 @@ class Environment:
       stepped = self.core.step(core, action)
       stepped = stepped.replace(reward=_scalar(stepped.reward), done=_scalar(stepped.done))
       alive = termination == 0
-      core = jax.tree.map(lambda new, old: jnp.where(alive, new, old), stepped, core)
+      core = optax.tree.where(alive, stepped, core)
       reward = reward + jnp.where(alive, stepped.reward, 0.0)
       termination = jnp.where(alive, stepped.done, termination)
       return (core, reward, termination), None

@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,9 @@ import jax
 import numpy as np
 
 from envs import Environment
-from ppo_jax import checkpoint, load_policy
+from ppo_jax import checkpoint, load_policy, logger
 from ppo_jax.rollout import Trace, summarize_trace, trace_episodes
-from ppo_jax.train import make_env_and_networks
+from ppo_jax.step import make_env
 
 EVAL_DIR = "eval"
 RETURNS_FILE = "returns.json"
@@ -76,19 +75,6 @@ def make_rollout(
   """
   record = render_states(env) if record_env0 else None
   return lambda key: trace_episodes(env, policy, key, num_episodes, record)
-
-
-def new_eval_dir(run_dir: Path) -> Path:
-  """RUN_DIR/eval/<date>-<time>[-n], created here; never an existing folder."""
-  base = run_dir / EVAL_DIR / time.strftime("%Y%m%d-%H%M%S")
-  base.parent.mkdir(parents=True, exist_ok=True)
-  path, n = base, 1
-  while True:
-    try:
-      path.mkdir()
-      return path
-    except FileExistsError:
-      path, n = Path(f"{base}-{n}"), n + 1
 
 
 def one_line(error: BaseException) -> str:
@@ -226,14 +212,14 @@ def main(argv: list[str] | None = None) -> Path:
   # A MUJOCO_GL that breaks `import mujoco` would break the env too: then it is made without GL.
   gl_error = mujoco_import_error() if cfg.env.startswith(MUJOCO_SOURCES) else None
   with mujoco_gl("disable" if gl_error is not None else None):
-    env = make_env_and_networks(cfg)[0]
+    env = make_env(cfg)
   no_video = "skipped (--no-video)" if args.no_video else rendering_unavailable(cfg.env, gl_error)
   policy = load_policy(run_dir, deterministic=args.deterministic)
   rollout = jax.jit(make_rollout(env, policy, args.episodes, record_env0=no_video is None))
   trace, states = rollout(jax.random.PRNGKey(args.seed))
   trace = {name: np.asarray(value) for name, value in jax.device_get(trace)._asdict().items()}
 
-  out = new_eval_dir(run_dir)
+  out = logger.new_directory(run_dir / EVAL_DIR)
   np.savez(out / TRACE_FILE, **trace)
   results = {
     "env": cfg.env,

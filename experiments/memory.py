@@ -81,7 +81,7 @@ def measure(num_envs: int, backend: str) -> Measurement:
   """Compiles and runs one training iteration in this process."""
   import jax
 
-  from ppo_jax.train import init_state, make_env_and_networks, make_train_chunk
+  from ppo_jax.step import init_state, make_env_and_networks, make_train_chunk
 
   cfg = ant_config(num_envs, backend)
   env, networks = make_env_and_networks(cfg)

@@ -23,6 +23,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter, FuncFormatter
 
+from ppo_jax.logger import column, number
+
 _STEPS = "env_steps"
 
 
@@ -86,13 +88,6 @@ def read_run(run_dir: str | Path, name: str | None = None) -> Run:
   )
 
 
-def _float(value) -> float:
-  """JSON value -> float; NaN for null or anything non-numeric."""
-  if isinstance(value, bool) or not isinstance(value, int | float):
-    return math.nan
-  return float(value)
-
-
 def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   """(env steps, values) of a scalar key, keeping only records where both are finite.
 
@@ -101,9 +96,8 @@ def series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
   Returns:
     Two float arrays of the same length [N], possibly empty.
   """
-  pairs = [(_float(r.get(_STEPS)), _float(r.get(key))) for r in records if key in r]
-  xy = np.array([p for p in pairs if math.isfinite(p[0]) and math.isfinite(p[1])], float)
-  xy = xy.reshape(-1, 2)
+  xy = np.stack([column(records, _STEPS), column(records, key)], axis=-1).reshape(-1, 2)
+  xy = xy[np.isfinite(xy).all(axis=1)]
   steps, inverse = np.unique(xy[:, 0], return_inverse=True)
   if steps.size == len(xy):
     return xy[:, 0], xy[:, 1]
@@ -120,10 +114,10 @@ def per_epoch(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np
   """
   rows = []
   for record in records:
-    steps, values = _float(record.get(_STEPS)), record.get(key)
+    steps, values = number(record.get(_STEPS)), record.get(key)
     if not math.isfinite(steps) or not isinstance(values, list):
       continue
-    rows += [(steps, epoch, _float(v)) for epoch, v in enumerate(values)]
+    rows += [(steps, epoch, number(v)) for epoch, v in enumerate(values)]
   rows = np.array([r for r in rows if math.isfinite(r[2])], float).reshape(-1, 3)
   return rows[:, 0], rows[:, 1], rows[:, 2]
 
@@ -196,7 +190,7 @@ def _plot_kl(ax, runs: list[Run], colors: list) -> bool:
       positive &= bool(np.all(y > 0)) and bool(np.all(values > 0))
     target_kl = run.config.get("target_kl")
     if isinstance(target_kl, int | float) and x.size:
-      stop = target_kl * _float(run.config.get("target_kl_factor", 1.0))
+      stop = target_kl * number(run.config.get("target_kl_factor", 1.0))
       ax.axhline(stop, color=color, lw=0.9, ls=":")
   if drawn and positive:
     ax.set_yscale("log")
@@ -283,7 +277,19 @@ def _labels(run_dirs: Sequence[str | Path]) -> list[str]:
 
 
 def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
-  """Draws the runs into one PNG of panels sharing the env-steps axis.
+  """Draws the runs (see `make_figure`) into a PNG; its parent directory is created.
+
+  Returns:
+    The output path.
+  """
+  output = Path(output)
+  output.parent.mkdir(parents=True, exist_ok=True)
+  make_figure(run_dirs).savefig(output, dpi=100)
+  return output
+
+
+def make_figure(run_dirs: Sequence[str | Path]) -> Figure:
+  """The runs as one figure of panels sharing the env-steps axis.
 
   Panels: episode return (eval with a ± std band, train thinner); approx KL per epoch
   (dots shaded by epoch, a line through each iteration's mean); clip fraction; entropy and
@@ -291,9 +297,6 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
 
   Args:
     run_dirs: run directories, each holding metrics.jsonl.
-    output: PNG path to write; its parent directory is created.
-  Returns:
-    The output path.
   Raises:
     FileNotFoundError: naming a run directory that, or whose metrics.jsonl, does not exist.
     ValueError: if run_dirs is empty.
@@ -342,11 +345,7 @@ def plot_runs(run_dirs: Sequence[str | Path], output: str | Path) -> Path:
     ncols=legend_cols,
     frameon=False,
   )
-
-  output = Path(output)
-  output.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(output, dpi=100)
-  return output
+  return fig
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
-import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +16,7 @@ import numpy as np
 import envs
 from experiments.plot import plot_runs
 from experiments.presets import PRESETS
-from ppo_jax import PPOConfig, train
-
-
-def field_help() -> dict[str, str]:
-  """Field -> its description, read from PPOConfig's docstring."""
-  doc = PPOConfig.__doc__.split("Attributes:")[1]
-  entries = re.findall(r"^\s{4}(\w+): (.*?)(?=^\s{4}\w+: |\Z)", doc, re.S | re.M)
-  return {name: " ".join(text.split()) for name, text in entries}
+from ppo_jax import PPOConfig, logger, train
 
 
 def parse_value(text: str):
@@ -56,30 +46,20 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR"
   )
-  helps = field_help()
   for field in dataclasses.fields(PPOConfig):
     parser.add_argument(
       f"--{field.name}",
       type=parse_value,
       default=argparse.SUPPRESS,
-      help=f"{helps.get(field.name, '')} [{field.type}; preset's value if omitted]",
+      help=f"{field.metadata['help']} [{field.type}; preset's value if omitted]",
     )
   return parser
 
 
-def new_run_dir(runs: str, preset: str) -> Path:
-  """runs/<preset>-<date>-<time>[-n]: a fresh directory name, never an existing one."""
-  base = Path(runs) / f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-  path, n = base, 1
-  while path.exists():
-    path, n = Path(f"{base}-{n}"), n + 1
-  return path
-
-
 def did_you_mean(word: str, candidates: list[str]) -> str:
   """ "; did you mean <closest>?" when a candidate is close to `word`, else ""."""
-  match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-  return f"; did you mean {match[0]}?" if match else ""
+  match = envs.did_you_mean(word, candidates)
+  return f"; did you mean {match}?" if match else ""
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
@@ -98,7 +78,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
 def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOConfig, Path, bool]:
   """(config, run directory, resume) asked for by `parse_args`'s result; parser.error if bad.
 
-  Creates nothing: a new run's directory is only named here.
+  A new run's directory, runs/<preset>-<date>-<time>, is created (empty) once every check has
+  passed; an exact --run_dir is left to `train`, which refuses one that is not empty.
   """
   args = dict(args)
   preset, runs, run_dir, resume = (args.pop(k) for k in ("preset", "runs", "run_dir", "resume"))
@@ -120,11 +101,12 @@ def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOCo
       cfg = dataclasses.replace(PRESETS[preset], **args)
     except (ValueError, TypeError) as error:  # the message names the field and the rule
       parser.error(str(error))
-    run_dir = Path(run_dir) if run_dir else new_run_dir(runs, preset)
   try:
     envs.check_name(cfg.env)  # before a run directory is made for an env that does not exist
   except ValueError as error:
     parser.error(str(error))
+  if resume is None:
+    run_dir = Path(run_dir) if run_dir else logger.new_directory(runs, f"{preset}-")
   return cfg, run_dir, resume is not None
 
 

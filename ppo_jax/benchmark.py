@@ -9,9 +9,8 @@ import jax
 
 import envs
 from ppo_jax.config import PPOConfig
-from ppo_jax.rollout import unroll
-from ppo_jax.train import init_state, make_env_and_networks, make_train_chunk
-from ppo_jax.types import TrainState
+from ppo_jax.rollout import collect
+from ppo_jax.step import TrainState, init_state, make_env_and_networks, make_train_chunk
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,14 +32,21 @@ def make_rollout_only(cfg: PPOConfig, env: envs.Environment, networks):
   """Same unrolls as `iterations_per_chunk` training iterations: env step + policy, no learning."""
 
   def run(state: TrainState):
-    def one_unroll(env_state, key):
-      env_state, _, stats = unroll(
-        env, networks, state.params.policy, state.normalizer, env_state, key, cfg.unroll_length
+    def one_iteration(env_state, key):
+      env_state, _, stats = collect(
+        env,
+        networks,
+        state.params.policy,
+        state.normalizer,
+        env_state,
+        key,
+        cfg.unrolls_per_iteration,
+        cfg.unroll_length,
       )
       return env_state, stats.episodes
 
-    count = cfg.iterations_per_chunk * cfg.unrolls_per_iteration
-    return jax.lax.scan(one_unroll, state.env_state, jax.random.split(state.key, count))
+    keys = jax.random.split(state.key, cfg.iterations_per_chunk)
+    return jax.lax.scan(one_iteration, state.env_state, keys)
 
   return run
 

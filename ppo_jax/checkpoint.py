@@ -1,4 +1,4 @@
-"""Checkpoints of the whole training state (orbax), and the final policy of a run.
+"""Checkpoints of the whole training state (orbax), and the saved policies of a run.
 
 A checkpoint holds everything a run needs to continue as if it had never stopped: params,
 optimizer state, observation statistics, adaptive learning rate, RNG key, every env's state,
@@ -17,6 +17,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import orbax.checkpoint as ocp
 from flax import serialization
 
 from ppo_jax.config import PPOConfig
+from ppo_jax.networks import make_actor_critic, make_policy
 from ppo_jax.normalization import RunningStatistics
 
 CHECKPOINTS = "checkpoints"
@@ -179,3 +181,15 @@ def load_policy_payload(run_dir: str | Path) -> tuple[PPOConfig, int, int, Any, 
   raw = serialization.msgpack_restore((directory / "params.msgpack").read_bytes())
   normalizer = RunningStatistics(**{k: np.asarray(v) for k, v in raw["normalizer"].items()})
   return cfg, spec["observation_size"], spec["action_size"], raw["policy"], normalizer
+
+
+def load_policy(run_dir: str | Path, deterministic: bool = False) -> Callable[..., jax.Array]:
+  """The final policy of a run, from its directory alone (normalizer included).
+
+  Returns:
+    A jittable policy(obs [..., obs_size], key=None) -> action in [-1, 1]; the mean action
+    without a key (or with deterministic=True), a sample with one.
+  """
+  cfg, observation_size, action_size, params, normalizer = load_policy_payload(run_dir)
+  networks = make_actor_critic(cfg, observation_size, action_size)
+  return make_policy(networks, params, normalizer, deterministic)

@@ -12,161 +12,188 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from typing import Any
+
+from envs import BACKENDS, SOURCES
 
 ALGORITHMS = ("ppo", "trpo")
 SCHEDULES = ("constant", "linear", "adaptive_kl")
-ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")
+ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")  # functions of flax.linen, by name
 ACTION_STD_TYPES = ("parameter", "network")
-ENV_SOURCES = ("brax", "playground", "builtin")
-# Physics pipelines (Brax) or implementations (Playground) that each source accepts.
-ENV_BACKENDS = {
-  "brax": ("generalized", "positional", "spring", "mjx"),
-  "playground": ("jax", "warp"),
-  "builtin": (),
-}
+
+
+def _field(default: Any, help: str) -> Any:
+  """A config field with its default and its meaning (the CLI's --help shows it)."""
+  return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)
 class PPOConfig:
   """Hyperparameters of one PPO run. Defaults train brax inverted_pendulum with Brax's settings.
 
-  Attributes:
-    algorithm: "ppo" (the clipped surrogate, minibatch epochs) or "trpo" (one natural-gradient
-      step per iteration under a hard KL bound, see the trpo_* fields); the value network
-      trains by minibatch epochs either way.
-    env: environment name, "<source>/<name>" (see `envs.available()`).
-    env_backend: Brax physics pipeline or Playground implementation; None for the default.
-    num_timesteps: environment steps to train for (rounded up to whole chunks of iterations).
-    num_envs: environments stepped in parallel.
-    episode_length: time limit in simulator steps (counts action repeats, as in Brax).
-    action_repeat: times each action is applied.
-    unroll_length: steps per trajectory segment; GAE bootstraps at each segment's end.
-    batch_size: trajectory segments per minibatch.
-    num_minibatches: minibatches per epoch.
-    num_updates_per_batch: epochs over each iteration's data.
-    learning_rate: Adam step size (the initial one for "linear" and "adaptive_kl").
-    learning_rate_schedule: "constant", "linear" (to zero at the end of training) or
-      "adaptive_kl" (rsl_rl's rule, see `desired_kl`).
-    desired_kl: KL the "adaptive_kl" schedule steers to: after each minibatch the rate is
-      divided by 1.5 when the exact KL > 2 * desired_kl and multiplied by 1.5 when it is
-      < desired_kl / 2, clamped to [min_learning_rate, max_learning_rate].
-    min_learning_rate: lower clamp of the adaptive rate.
-    max_learning_rate: upper clamp of the adaptive rate.
-    target_kl: early stop; None disables it. When a minibatch's approx KL (k3, measured before
-      its update) exceeds `target_kl_factor * target_kl`, that update and every remaining
-      minibatch update of the iteration are skipped.
-    target_kl_factor: the tolerance factor of the early stop (1.5, as in Stable-Baselines3).
-    entropy_cost: weight of the entropy bonus.
-    discounting: discount factor gamma, in (0, 1].
-    gae_lambda: GAE lambda, in [0, 1].
-    clipping_epsilon: PPO ratio clip epsilon.
-    clipping_epsilon_value: clip of the value update around the rollout's values; None
-      disables value clipping.
-    value_loss_coef: weight of the value loss 0.5 * (V - target)^2.
-    normalize_advantage: standardize advantages per minibatch.
-    reward_scaling: rewards are multiplied by this before GAE.
-    normalize_observations: running mean/std normalization of observations (Welford).
-    max_grad_norm: global-norm gradient clip; None disables it.
-    policy_hidden_layer_sizes: hidden layers of the policy MLP.
-    value_hidden_layer_sizes: hidden layers of the value MLP.
-    activation: hidden activation of both MLPs.
-    action_std_type: "parameter" (a state-independent learned log-std) or "network"
-      (a second head of the policy MLP).
-    init_action_std: initial action standard deviation.
-    min_action_std: floor added to the action std (keeps the policy stochastic).
-    num_evals: evaluations over training (one at the start, as in Brax); training runs in
-      `num_evals - 1` chunks of iterations, one host call each.
-    num_eval_envs: environments per evaluation; each runs one full episode.
-    deterministic_eval: evaluate the mean action instead of sampling.
-    trpo_max_kl: TRPO's bound delta on the mean exact KL(old || new) of each policy step.
-    trpo_cg_iterations: conjugate-gradient iterations for the natural-gradient direction.
-    trpo_cg_damping: damping added to the Fisher matrix (F + damping * I).
-    trpo_max_backtracks: line-search candidates tried before the step is rejected.
-    trpo_backtrack_coef: each candidate step is this fraction of the previous one.
-    num_seeds: independent seeds trained together (seeds seed, seed + 1, ...), `jax.vmap`ped
-      over the whole training step; metrics get a leading seed axis.
-    monitor_window: iterations of history the failure labels compare against (the median
-      update KL of `kl_spike`, the median rollout return of `return_drop`).
-    kl_spike_factor: `kl_spike` fires when an update's KL (approx, k3, between the rollout
-      policy and the updated one, over the whole batch) exceeds this factor times the
-      reference: `target_kl` if set, else `desired_kl` under "adaptive_kl", else the median
-      update KL of the last `monitor_window` iterations (once half of them are in).
-    kl_spike_max: `kl_spike` also fires when an update's KL exceeds this, whatever the reference.
-    kl_spike_min: an update KL at or below this is never a spike (tiny KLs are noise).
-    clip_saturated_fraction: `clip_saturated` fires when more than this fraction of the
-      batch's ratios lie outside the clip band after the update.
-    clip_idle_fraction: an update is idle when at most this fraction of ratios are clipped.
-    clip_idle_iterations: `clip_idle` fires from this many idle updates in a row on.
-    entropy_collapse_std: `entropy_collapse` fires when the mean action std falls below this,
-    entropy_collapse_drop: ... or loses more than this fraction of itself in one iteration.
-    return_drop_fraction: `return_drop` fires when the rollout return falls below the median of
-      the last `monitor_window` ones by more than this fraction of that median's magnitude.
-    max_nonfinite_iterations: training stops with an error after this many `nonfinite`
-      iterations in a row (NaN or Inf in the rollout, loss, gradients or parameters: such an
-      update is skipped on the device and the state stays as it was before it).
-    checkpoint_interval: iterations between checkpoints of a run directory (taken at the
-      first chunk end past the interval, and always at the end).
-    keep_checkpoints: how many of the latest checkpoints a run directory keeps.
-    seed: PRNG seed.
+  Every field carries its meaning as `help` metadata: `PPOConfig.field_help()`, the CLI's
+  --help and the README read it from there.
   """
 
-  algorithm: str = "ppo"
-  env: str = "brax/inverted_pendulum"
-  env_backend: str | None = None
-  num_timesteps: int = 2_000_000
-  num_envs: int = 1024
-  episode_length: int = 1000
-  action_repeat: int = 1
-  unroll_length: int = 5
-  batch_size: int = 1024
-  num_minibatches: int = 32
-  num_updates_per_batch: int = 4
-  learning_rate: float = 3e-4
-  learning_rate_schedule: str = "constant"
-  desired_kl: float = 0.01
-  min_learning_rate: float = 1e-5
-  max_learning_rate: float = 1e-2
-  target_kl: float | None = None
-  target_kl_factor: float = 1.5
-  entropy_cost: float = 1e-2
-  discounting: float = 0.97
-  gae_lambda: float = 0.95
-  clipping_epsilon: float = 0.3
-  clipping_epsilon_value: float | None = None
-  value_loss_coef: float = 0.5
-  normalize_advantage: bool = True
-  reward_scaling: float = 10.0
-  normalize_observations: bool = True
-  max_grad_norm: float | None = None
-  policy_hidden_layer_sizes: tuple[int, ...] = (32, 32, 32, 32)
-  value_hidden_layer_sizes: tuple[int, ...] = (256, 256, 256, 256, 256)
-  activation: str = "swish"
-  action_std_type: str = "network"
-  init_action_std: float = 0.7
-  min_action_std: float = 1e-3
-  num_evals: int = 20
-  num_eval_envs: int = 128
-  deterministic_eval: bool = True
-  trpo_max_kl: float = 0.01
-  trpo_cg_iterations: int = 10
-  trpo_cg_damping: float = 0.1
-  trpo_max_backtracks: int = 10
-  trpo_backtrack_coef: float = 0.8
-  num_seeds: int = 1
-  monitor_window: int = 10
-  kl_spike_factor: float = 5.0
-  kl_spike_max: float = 0.1
-  kl_spike_min: float = 1e-3
-  clip_saturated_fraction: float = 0.25
-  clip_idle_fraction: float = 1e-3
-  clip_idle_iterations: int = 10
-  entropy_collapse_std: float = 0.02
-  entropy_collapse_drop: float = 0.3
-  return_drop_fraction: float = 0.5
-  max_nonfinite_iterations: int = 3
-  checkpoint_interval: int = 1
-  keep_checkpoints: int = 3
-  seed: int = 0
+  algorithm: str = _field(
+    "ppo",
+    "'ppo' (the clipped surrogate, minibatch epochs) or 'trpo' (one natural-gradient step per "
+    "iteration under a hard KL bound, see the trpo_* fields); the value network trains by "
+    "minibatch epochs either way.",
+  )
+  env: str = _field(
+    "brax/inverted_pendulum", "environment name, '<source>/<name>' (see `envs.available()`)."
+  )
+  env_backend: str | None = _field(
+    None, "Brax physics pipeline or Playground implementation; None for the default."
+  )
+  num_timesteps: int = _field(
+    2_000_000, "environment steps to train for (rounded up to whole chunks of iterations)."
+  )
+  num_envs: int = _field(1024, "environments stepped in parallel.")
+  episode_length: int = _field(
+    1000, "time limit in simulator steps (counts action repeats, as in Brax)."
+  )
+  action_repeat: int = _field(1, "times each action is applied.")
+  unroll_length: int = _field(
+    5, "steps per trajectory segment; GAE bootstraps at each segment's end."
+  )
+  batch_size: int = _field(1024, "trajectory segments per minibatch.")
+  num_minibatches: int = _field(32, "minibatches per epoch.")
+  num_updates_per_batch: int = _field(4, "epochs over each iteration's data.")
+  learning_rate: float = _field(
+    3e-4, "Adam step size (the initial one for 'linear' and 'adaptive_kl')."
+  )
+  learning_rate_schedule: str = _field(
+    "constant",
+    "'constant', 'linear' (to zero at the end of training) or 'adaptive_kl' (rsl_rl's rule, "
+    "see `desired_kl`).",
+  )
+  desired_kl: float = _field(
+    0.01,
+    "KL the 'adaptive_kl' schedule steers to: after each minibatch the rate is divided by 1.5 "
+    "when the exact KL > 2 * desired_kl and multiplied by 1.5 when it is < desired_kl / 2, "
+    "clamped to [min_learning_rate, max_learning_rate].",
+  )
+  min_learning_rate: float = _field(1e-5, "lower clamp of the adaptive rate.")
+  max_learning_rate: float = _field(1e-2, "upper clamp of the adaptive rate.")
+  target_kl: float | None = _field(
+    None,
+    "early stop; None disables it. When a minibatch's approx KL (k3, measured before its "
+    "update) exceeds `target_kl_factor * target_kl`, that update and every remaining "
+    "minibatch update of the iteration are skipped.",
+  )
+  target_kl_factor: float = _field(
+    1.5, "the tolerance factor of the early stop (1.5, as in Stable-Baselines3)."
+  )
+  entropy_cost: float = _field(1e-2, "weight of the entropy bonus.")
+  discounting: float = _field(0.97, "discount factor gamma, in (0, 1].")
+  gae_lambda: float = _field(0.95, "GAE lambda, in [0, 1].")
+  clipping_epsilon: float = _field(0.3, "PPO ratio clip epsilon.")
+  clipping_epsilon_value: float | None = _field(
+    None, "clip of the value update around the rollout's values; None disables value clipping."
+  )
+  value_loss_coef: float = _field(0.5, "weight of the value loss 0.5 * (V - target)^2.")
+  normalize_advantage: bool = _field(True, "standardize advantages per minibatch.")
+  reward_scaling: float = _field(10.0, "rewards are multiplied by this before GAE.")
+  normalize_observations: bool = _field(
+    True, "running mean/std normalization of observations (Welford)."
+  )
+  max_grad_norm: float | None = _field(None, "global-norm gradient clip; None disables it.")
+  policy_hidden_layer_sizes: tuple[int, ...] = _field(
+    (32, 32, 32, 32), "hidden layers of the policy MLP."
+  )
+  value_hidden_layer_sizes: tuple[int, ...] = _field(
+    (256, 256, 256, 256, 256), "hidden layers of the value MLP."
+  )
+  activation: str = _field("swish", "hidden activation of both MLPs.")
+  action_std_type: str = _field(
+    "network",
+    "'parameter' (a state-independent learned log-std) or 'network' (a second head of the "
+    "policy MLP).",
+  )
+  init_action_std: float = _field(0.7, "initial action standard deviation.")
+  min_action_std: float = _field(
+    1e-3, "floor added to the action std (keeps the policy stochastic)."
+  )
+  num_evals: int = _field(
+    20,
+    "evaluations over training (one at the start, as in Brax); training runs in `num_evals - "
+    "1` chunks of iterations, one host call each.",
+  )
+  num_eval_envs: int = _field(128, "environments per evaluation; each runs one full episode.")
+  deterministic_eval: bool = _field(True, "evaluate the mean action instead of sampling.")
+  trpo_max_kl: float = _field(
+    0.01, "TRPO's bound delta on the mean exact KL(old || new) of each policy step."
+  )
+  trpo_cg_iterations: int = _field(
+    10, "conjugate-gradient iterations for the natural-gradient direction."
+  )
+  trpo_cg_damping: float = _field(0.1, "damping added to the Fisher matrix (F + damping * I).")
+  trpo_max_backtracks: int = _field(10, "line-search candidates tried before the step is rejected.")
+  trpo_backtrack_coef: float = _field(
+    0.8, "each candidate step is this fraction of the previous one."
+  )
+  num_seeds: int = _field(
+    1,
+    "independent seeds trained together (seeds seed, seed + 1, ...), `jax.vmap`ped over the "
+    "whole training step; metrics get a leading seed axis.",
+  )
+  monitor_window: int = _field(
+    10,
+    "iterations of history the failure labels compare against (the median update KL of "
+    "`kl_spike`, the median rollout return of `return_drop`).",
+  )
+  kl_spike_factor: float = _field(
+    5.0,
+    "`kl_spike` fires when an update's KL (approx, k3, between the rollout policy and the "
+    "updated one, over the whole batch) exceeds this factor times the reference: `target_kl` "
+    "if set, else `desired_kl` under 'adaptive_kl', else the median update KL of the last "
+    "`monitor_window` iterations (once half of them are in).",
+  )
+  kl_spike_max: float = _field(
+    0.1, "`kl_spike` also fires when an update's KL exceeds this, whatever the reference."
+  )
+  kl_spike_min: float = _field(
+    1e-3, "an update KL at or below this is never a spike (tiny KLs are noise)."
+  )
+  clip_saturated_fraction: float = _field(
+    0.25,
+    "`clip_saturated` fires when more than this fraction of the batch's ratios lie outside "
+    "the clip band after the update.",
+  )
+  clip_idle_fraction: float = _field(
+    1e-3, "an update is idle when at most this fraction of ratios are clipped."
+  )
+  clip_idle_iterations: int = _field(
+    10, "`clip_idle` fires from this many idle updates in a row on."
+  )
+  entropy_collapse_std: float = _field(
+    0.02, "`entropy_collapse` fires when the mean action std falls below this."
+  )
+  entropy_collapse_drop: float = _field(
+    0.3,
+    "`entropy_collapse` also fires when the mean action std loses more than this fraction of "
+    "itself in one iteration.",
+  )
+  return_drop_fraction: float = _field(
+    0.5,
+    "`return_drop` fires when the rollout return falls below the median of the last "
+    "`monitor_window` ones by more than this fraction of that median's magnitude.",
+  )
+  max_nonfinite_iterations: int = _field(
+    3,
+    "training stops with an error after this many `nonfinite` iterations in a row (NaN or Inf "
+    "in the rollout, loss, gradients or parameters: such an update is skipped on the device "
+    "and the state stays as it was before it).",
+  )
+  checkpoint_interval: int = _field(
+    1,
+    "iterations between checkpoints of a run directory (taken at the first chunk end past the "
+    "interval, and always at the end).",
+  )
+  keep_checkpoints: int = _field(3, "how many of the latest checkpoints a run directory keeps.")
+  seed: int = _field(0, "PRNG seed.")
 
   def __post_init__(self):
     for name in ("policy_hidden_layer_sizes", "value_hidden_layer_sizes"):
@@ -218,6 +245,11 @@ class PPOConfig:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+  @classmethod
+  def field_help(cls) -> dict[str, str]:
+    """Field name -> its meaning."""
+    return {field.name: field.metadata["help"] for field in dataclasses.fields(cls)}
 
 
 # Field -> (accepted kinds, description for the error message).
@@ -278,14 +310,14 @@ def _require(ok: bool, message: str) -> None:
 def _check_values(c: PPOConfig) -> None:
   source, _, name = c.env.partition("/")
   _require(
-    source in ENV_SOURCES and bool(name),
-    f"env ({c.env!r}) must be '<source>/<name>' with source one of {ENV_SOURCES}",
+    source in SOURCES and bool(name),
+    f"env ({c.env!r}) must be '<source>/<name>' with source one of {SOURCES}",
   )
   if c.env_backend is not None:
     _require(
-      c.env_backend in ENV_BACKENDS.get(source, ()),
+      c.env_backend in BACKENDS.get(source, ()),
       f"env_backend ({c.env_backend!r}) must be None or one of "
-      f"{ENV_BACKENDS.get(source, ())} for {source}/ envs",
+      f"{BACKENDS.get(source, ())} for {source}/ envs",
     )
   for field in (
     "num_timesteps",

@@ -1,4 +1,5 @@
-"""Generalized advantage estimation (Schulman et al. 2016), time-major, one reverse scan."""
+"""Generalized advantage estimation (Schulman et al. 2016), time-major, one reverse scan,
+and the standardization of advantages."""
 
 from __future__ import annotations
 
@@ -48,3 +49,8 @@ def compute_gae(
 
   _, advantages = jax.lax.scan(backward, jnp.zeros_like(deltas[0]), (deltas, traces), reverse=True)
   return advantages, advantages + values
+
+
+def normalize_advantages(advantages: jax.Array) -> jax.Array:
+  """Advantages standardized to mean 0 and std 1 over all of their elements."""
+  return (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + 1e-8)

@@ -1,4 +1,5 @@
-"""What the failure labels told, for the console and health.json (host side, numpy only).
+"""What the failure labels told, for the console and health.json, and the comparison of the
+policies around the largest-KL update (host side).
 
 The labels themselves are decided on the device (`ppo_jax.monitor`); this module reads the
 per-iteration records the host fetched once per chunk.
@@ -6,15 +7,24 @@ per-iteration records the host fetched once per chunk.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
+import envs
+from ppo_jax import checkpoint
 from ppo_jax.config import PPOConfig
-from ppo_jax.monitor import LABELS
+from ppo_jax.logger import column
+from ppo_jax.monitor import LABELS, MonitorState, PolicySnapshot
+from ppo_jax.networks import ActorCritic, make_policy
+from ppo_jax.rollout import summarize_trace, trace_episodes
 
 HEALTH_FILE = "health.json"
+LARGEST_KL_DIR = "largest_kl"
 
 
 def _fired(record: dict[str, Any], label: str) -> bool:
@@ -84,10 +94,6 @@ def label_counts(records: list[dict[str, Any]]) -> dict[str, int]:
   return {label: sum(_fired(r, label) for r in records) for label in LABELS}
 
 
-def _series(records: list[dict[str, Any]], name: str) -> np.ndarray:
-  return np.array([np.nan if r.get(name) is None else r[name] for r in records], dtype=float)
-
-
 def trend(values: np.ndarray) -> dict[str, float | None]:
   """first, last, min, max, and the change from the first to the last quarter's mean."""
   finite = values[np.isfinite(values)]
@@ -111,7 +117,7 @@ def report(
   Args:
     largest_kl: what `train` found comparing the policies around the largest-KL update.
   """
-  update_kl = _series(records, "update_kl")
+  update_kl = column(records, "update_kl")
   iterations = [r["iteration"] for r in records]
   counts = label_counts(records)
   largest = None
@@ -127,10 +133,10 @@ def report(
     "largest_kl_update": largest,
     "largest_kl_comparison": largest_kl,
     "update_kl": trend(update_kl),
-    "clip_fraction": trend(_series(records, "update_clip_fraction")),
-    "action_std": trend(_series(records, "update_action_std")),
-    "termination_rate": trend(_series(records, "termination_rate")),
-    "action_saturation": trend(_series(records, "action_saturation")),
+    "clip_fraction": trend(column(records, "update_clip_fraction")),
+    "action_std": trend(column(records, "update_action_std")),
+    "termination_rate": trend(column(records, "termination_rate")),
+    "action_saturation": trend(column(records, "action_saturation")),
   }
 
 
@@ -187,3 +193,62 @@ def panel_report(
     },
     "seeds": per_seed,
   }
+
+
+def largest_kl_dir(run_dir: Path | None, seed: int, num_seeds: int) -> Path | None:
+  """Where a run keeps its largest-KL comparison (one folder per seed of a panel)."""
+  if run_dir is None:
+    return None
+  return run_dir / LARGEST_KL_DIR if num_seeds == 1 else run_dir / LARGEST_KL_DIR / f"seed_{seed}"
+
+
+def compare_largest_kl(
+  cfg: PPOConfig,
+  env: envs.Environment,
+  networks: ActorCritic,
+  monitor_state: MonitorState,
+  key: jax.Array,
+  out_dir: Path | None,
+) -> dict[str, Any] | None:
+  """Runs the policies before and after the largest-KL update on the same seeds.
+
+  Each runs one episode in `num_eval_envs` fresh envs, with the same initial states and the
+  same noise. With `out_dir`, writes before_trace.npz, after_trace.npz (see `Trace`),
+  comparison.json and the two policies there (`load_policy(out_dir / "before")` loads one).
+
+  Returns:
+    {"iteration", "update_kl", "episodes", "deterministic", "before": {...}, "after": {...}}
+    with per-episode returns, lengths and terminations of each, or None before any update.
+  """
+  iteration = int(monitor_state.largest_kl_iteration)
+  if iteration == 0:
+    return None
+
+  @jax.jit
+  def rollout(snapshot: PolicySnapshot):
+    policy = make_policy(networks, snapshot.policy, snapshot.normalizer, cfg.deterministic_eval)
+    return trace_episodes(env, policy, key, cfg.num_eval_envs)[0]
+
+  comparison = {
+    "iteration": iteration,
+    "update_kl": float(monitor_state.largest_kl),
+    "episodes": cfg.num_eval_envs,
+    "deterministic": cfg.deterministic_eval,
+  }
+  for name, snapshot in (("before", monitor_state.before), ("after", monitor_state.after)):
+    trace = {k: np.asarray(v) for k, v in jax.device_get(rollout(snapshot))._asdict().items()}
+    comparison[name] = summarize_trace(trace)
+    if out_dir is not None:
+      out_dir.mkdir(parents=True, exist_ok=True)
+      np.savez(out_dir / f"{name}_trace.npz", **trace)
+      checkpoint.save_policy(
+        out_dir / name,
+        cfg,
+        env.observation_size,
+        env.action_size,
+        snapshot.policy,
+        snapshot.normalizer,
+      )
+  if out_dir is not None:
+    (out_dir / "comparison.json").write_text(json.dumps(comparison, indent=2) + "\n")
+  return comparison

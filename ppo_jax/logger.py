@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,58 @@ METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
 CONFIG_FILE = "config.json"
 TENSORBOARD_DIR = "tensorboard"
+
+
+# TensorBoard sections, by where a metric comes from. Names with a "/" already name their
+# section (env/, label/, trpo/, eval/); a name in none of these goes to "other/".
+SECTIONS = {
+  "train": (
+    "episode_return",
+    "episode_length",
+    "episodes",
+    "terminations",
+    "truncations",
+    "sps",
+    "wall_time",
+  ),
+  "epoch": (  # the minibatch epochs, as iteration means (the per-epoch lists are not scalars)
+    "total_loss",
+    "policy_loss",
+    "value_loss",
+    "entropy_loss",
+    "approx_kl",
+    "approx_kl_k1",
+    "exact_kl",
+    "clip_fraction",
+    "zero_gradient_fraction",
+    "entropy",
+    "action_std",
+    "action_std_min",
+    "explained_variance",
+    "grad_norm",
+    "learning_rate",
+    "minibatch_updates_applied",
+    "epochs_applied",
+  ),
+  "update": ("update_kl", "update_exact_kl", "update_clip_fraction", "update_action_std"),
+  "monitor": (
+    "termination_rate",
+    "action_saturation",
+    "action_abs_mean",
+    "episode_length_min",
+    "kl_spike_threshold",
+    "nonfinite_rollout",
+    "nonfinite_streak",
+  ),
+}
+_SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
+
+
+def tensorboard_tag(name: str) -> str:
+  """The TensorBoard tag of a metric: "<section>/<name>", so the dashboard groups itself."""
+  if "/" in name:
+    return name
+  return f"{_SECTION_OF.get(name, 'other')}/{name}"
 
 
 def jsonable(value: Any) -> Any:
@@ -33,6 +86,33 @@ def iteration_records(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
   """Stacked chunk metrics ({name: [K, ...]}) -> one JSON-ready dict per iteration."""
   count = len(next(iter(metrics.values())))
   return [{name: jsonable(value[i]) for name, value in metrics.items()} for i in range(count)]
+
+
+def number(value: Any) -> Any:
+  """A JSON value as a float: NaN for null and anything not a number (a string), 0 and 1 for
+  booleans, element-wise for lists; so a reader never breaks on an older, newer or
+  half-written record."""
+  if isinstance(value, list):
+    return [number(v) for v in value]
+  return float(value) if isinstance(value, int | float) else math.nan
+
+
+def column(records: list[dict[str, Any]], name: str) -> np.ndarray:
+  """One field of JSON records as floats [len(records), ...] (`number`; missing is NaN)."""
+  return np.array([number(record.get(name)) for record in records], dtype=float)
+
+
+def new_directory(parent: str | Path, prefix: str = "") -> Path:
+  """Creates and returns parent/<prefix><date>-<time>[-n], a directory that did not exist."""
+  base = Path(parent) / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}"
+  base.parent.mkdir(parents=True, exist_ok=True)
+  path, n = base, 1
+  while True:
+    try:
+      path.mkdir()
+      return path
+    except FileExistsError:
+      path, n = Path(f"{base}-{n}"), n + 1
 
 
 class JsonLines:
@@ -135,7 +215,9 @@ class RunLogger:
       self.bar.write(text)
 
   def _tag(self, record: dict[str, Any], name: str) -> str:
-    return f"seed_{record['seed']}/{name}" if self.panel else name
+    """The metric's tag; a panel's seeds get a subsection each, side by side in the section."""
+    section, _, rest = tensorboard_tag(name).partition("/")
+    return f"{section}/seed_{record['seed']}/{rest}" if self.panel else f"{section}/{rest}"
 
   def log_iterations(self, records: list[dict[str, Any]]) -> None:
     if self.metrics is not None:
@@ -144,9 +226,7 @@ class RunLogger:
       for record in records:
         for name, value in record.items():
           if isinstance(value, (int, float)) and name not in ("iteration", "env_steps", "seed"):
-            self.tensorboard.add_scalar(
-              self._tag(record, f"train/{name}"), value, record["env_steps"]
-            )
+            self.tensorboard.add_scalar(self._tag(record, name), value, record["env_steps"])
     if self.bar is not None:
       last = records[-1]
       self.bar.update(last["env_steps"] - self.bar.n)

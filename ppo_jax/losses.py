@@ -1,17 +1,24 @@
-"""The PPO objective: clipped surrogate, (optionally clipped) value loss, entropy bonus."""
+"""The PPO objective: clipped surrogate, (optionally clipped) value loss, entropy bonus.
+
+Loss functions take the networks and their coefficients as keyword arguments, bound with
+`functools.partial` by the step that uses them.
+"""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from ppo_jax import diagnostics
-from ppo_jax.config import PPOConfig
-from ppo_jax.networks import ActorCritic, gaussian_entropy, gaussian_log_prob
+from ppo_jax.distribution import DiagonalGaussian
+from ppo_jax.gae import normalize_advantages
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import ActorCriticParams, Batch
+
+if TYPE_CHECKING:
+  from ppo_jax.networks import ActorCritic
 
 
 def clipped_surrogate(
@@ -50,6 +57,14 @@ def value_loss(
   return 0.5 * jnp.mean(loss)
 
 
+class LossTerms(NamedTuple):
+  """The differentiable scalars an objective is made of (entropy already weighted)."""
+
+  policy: jax.Array
+  value: jax.Array
+  entropy: jax.Array
+
+
 class LossMetrics(NamedTuple):
   """Scalars measured on one minibatch, at the parameters before its update."""
 
@@ -68,49 +83,66 @@ class LossMetrics(NamedTuple):
   explained_variance: jax.Array
 
 
-def make_loss(cfg: PPOConfig, networks: ActorCritic):
-  """Returns loss_fn(params, normalizer, batch) -> (loss, LossMetrics) on a flat minibatch.
+def loss_terms(
+  params: ActorCriticParams,
+  normalizer: RunningStatistics,
+  batch: Batch,
+  *,
+  networks: ActorCritic,
+  clipping_epsilon: float,
+  clipping_epsilon_value: float | None,
+  entropy_cost: float,
+  normalize_advantage: bool,
+) -> tuple[LossTerms, LossMetrics]:
+  """The PPO loss terms of a flat minibatch [N, ...] and its diagnostics.
 
-  With algorithm="trpo" the loss is the value loss alone (the policy's gradient is zero);
-  the metrics are the same.
+  Returns:
+    (terms, metrics); metrics.total_loss is left 0 for the objective to fill in.
   """
+  distribution = networks.policy(params.policy, normalizer, batch.obs)
+  values = networks.value(params.value, normalizer, batch.obs)
+  log_ratio = distribution.log_prob(batch.action) - batch.log_prob
+  ratio = jnp.exp(log_ratio)
 
-  def loss_fn(
-    params: ActorCriticParams, normalizer: RunningStatistics, batch: Batch
-  ) -> tuple[jax.Array, LossMetrics]:
-    mean, std = networks.policy(params.policy, normalizer, batch.obs)
-    values = networks.value(params.value, normalizer, batch.obs)
-    log_ratio = gaussian_log_prob(batch.action, mean, std) - batch.log_prob
-    ratio = jnp.exp(log_ratio)
+  advantages = normalize_advantages(batch.advantage) if normalize_advantage else batch.advantage
+  policy_loss = -jnp.mean(clipped_surrogate(ratio, advantages, clipping_epsilon))
+  v_loss = value_loss(values, batch.value, batch.target, clipping_epsilon_value)
+  entropy = jnp.mean(distribution.entropy())
+  entropy_loss = -entropy_cost * entropy
+  rollout = DiagonalGaussian(batch.mean, batch.std)
+  metrics = LossMetrics(
+    total_loss=jnp.zeros(()),
+    policy_loss=policy_loss,
+    value_loss=v_loss,
+    entropy_loss=entropy_loss,
+    approx_kl=diagnostics.approx_kl(log_ratio),
+    approx_kl_k1=diagnostics.approx_kl_k1(log_ratio),
+    exact_kl=jnp.mean(rollout.kl(distribution)),
+    clip_fraction=diagnostics.clip_fraction(ratio, clipping_epsilon),
+    zero_gradient_fraction=jnp.mean(
+      diagnostics.zero_gradient_mask(ratio, advantages, clipping_epsilon).astype(jnp.float32)
+    ),
+    entropy=entropy,
+    action_std=jnp.mean(distribution.std),
+    action_std_min=jnp.min(distribution.std),
+    explained_variance=diagnostics.explained_variance(values, batch.target),
+  )
+  return LossTerms(policy=policy_loss, value=v_loss, entropy=entropy_loss), metrics
 
-    advantages = batch.advantage
-    if cfg.normalize_advantage:
-      advantages = (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + 1e-8)
-    policy_loss = -jnp.mean(clipped_surrogate(ratio, advantages, cfg.clipping_epsilon))
-    v_loss = value_loss(values, batch.value, batch.target, cfg.clipping_epsilon_value)
-    entropy = jnp.mean(gaussian_entropy(std))
-    entropy_loss = -cfg.entropy_cost * entropy
-    total = policy_loss + cfg.value_loss_coef * v_loss + entropy_loss
-    if cfg.algorithm == "trpo":  # the policy moves by its own step; minibatches fit the value
-      total = cfg.value_loss_coef * v_loss
 
-    metrics = LossMetrics(
-      total_loss=total,
-      policy_loss=policy_loss,
-      value_loss=v_loss,
-      entropy_loss=entropy_loss,
-      approx_kl=diagnostics.approx_kl(log_ratio),
-      approx_kl_k1=diagnostics.approx_kl_k1(log_ratio),
-      exact_kl=jnp.mean(diagnostics.gaussian_kl(batch.mean, batch.std, mean, std)),
-      clip_fraction=diagnostics.clip_fraction(ratio, cfg.clipping_epsilon),
-      zero_gradient_fraction=jnp.mean(
-        diagnostics.zero_gradient_mask(ratio, advantages, cfg.clipping_epsilon).astype(jnp.float32)
-      ),
-      entropy=entropy,
-      action_std=jnp.mean(std),
-      action_std_min=jnp.min(std),
-      explained_variance=diagnostics.explained_variance(values, batch.target),
-    )
-    return total, jax.tree.map(jax.lax.stop_gradient, metrics)
+def ppo_loss(
+  params: ActorCriticParams,
+  normalizer: RunningStatistics,
+  batch: Batch,
+  *,
+  value_loss_coef: float,
+  **term_kwargs,
+) -> tuple[jax.Array, LossMetrics]:
+  """PPO's minibatch objective, to be minimized: (loss, metrics), metrics without gradient.
 
-  return loss_fn
+  loss = -clipped surrogate + value_loss_coef * value loss - entropy_cost * entropy.
+  `term_kwargs` are `loss_terms`'s keyword arguments.
+  """
+  terms, metrics = loss_terms(params, normalizer, batch, **term_kwargs)
+  total = terms.policy + value_loss_coef * terms.value + terms.entropy
+  return total, jax.lax.stop_gradient(metrics._replace(total_loss=total))

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import struct
 
 from ppo_jax.config import PPOConfig
@@ -188,10 +189,35 @@ def record_largest(
 ) -> MonitorState:
   """Keeps (before, after) when this finite update has the largest KL so far."""
   larger = finite & (update_kl > monitor.largest_kl)
-  pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(larger, n, o), new, old)  # noqa: E731
   return monitor.replace(
     largest_kl=jnp.where(larger, update_kl, monitor.largest_kl),
     largest_kl_iteration=jnp.where(larger, iteration, monitor.largest_kl_iteration),
-    before=pick(before, monitor.before),
-    after=pick(after, monitor.after),
+    before=optax.tree.where(larger, before, monitor.before),
+    after=optax.tree.where(larger, after, monitor.after),
   )
+
+
+def watch(
+  cfg: PPOConfig,
+  monitor: MonitorState,
+  signals: Signals,
+  iteration: jax.Array,
+  before: PolicySnapshot,
+  after: PolicySnapshot,
+) -> tuple[MonitorState, dict[str, jax.Array]]:
+  """One iteration of the monitor: the labels, the history, the largest-KL snapshots.
+
+  Args:
+    iteration: [] the iteration's number, from 1.
+    before, after: the policy that collected the rollout and the one the update left.
+  Returns:
+    (the new monitor state, metrics: "label/<name>" for every label, the KL spike
+    threshold the iteration was held to and the nonfinite streak).
+  """
+  threshold = kl_spike_threshold(cfg, monitor)
+  monitor, labels = observe(cfg, monitor, signals)
+  monitor = record_largest(monitor, signals.update_kl, signals.finite, iteration, before, after)
+  metrics = {f"label/{name}": fired for name, fired in labels.items()}
+  metrics["kl_spike_threshold"] = threshold
+  metrics["nonfinite_streak"] = monitor.nonfinite_streak
+  return monitor, metrics

@@ -1,8 +1,6 @@
-"""Actor-critic networks as an (init, apply) pair, and the Gaussian action distribution.
+"""Actor-critic networks as pure functions: a Gaussian policy and a separate value network.
 
-The policy is a diagonal Gaussian without squashing: actions are sampled unbounded, their
-log-probabilities are exact, and the environment receives them clipped to [-1, 1]. That
-keeps the KL between two policies available in closed form for the diagnostics.
+Observations are normalized inside, with the running statistics passed in.
 """
 
 from __future__ import annotations
@@ -10,23 +8,19 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from ppo_jax import normalization
-from ppo_jax.config import PPOConfig
+from ppo_jax.distribution import DiagonalGaussian, to_env
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import ActorCriticParams, Params
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-  "swish": nn.swish,
-  "tanh": nn.tanh,
-  "relu": nn.relu,
-  "elu": nn.elu,
-  "gelu": nn.gelu,
-}
+if TYPE_CHECKING:
+  from ppo_jax.config import PPOConfig
 
 
 class MLP(nn.Module):
@@ -89,17 +83,18 @@ class ActorCritic:
 
   Attributes:
     init: key -> ActorCriticParams.
-    policy: (policy_params, normalizer, obs [..., obs_size]) -> (mean, std) [..., action_size].
+    policy: (policy_params, normalizer, obs [..., obs_size]) -> the action distribution.
     value: (value_params, normalizer, obs [..., obs_size]) -> value [...].
   """
 
   init: Callable[[jax.Array], ActorCriticParams]
-  policy: Callable[[Params, RunningStatistics, jax.Array], tuple[jax.Array, jax.Array]]
+  policy: Callable[[Params, RunningStatistics, jax.Array], DiagonalGaussian]
   value: Callable[[Params, RunningStatistics, jax.Array], jax.Array]
 
 
 def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -> ActorCritic:
-  activation = ACTIVATIONS[cfg.activation]
+  """The networks `cfg` describes, for observations and actions of these sizes."""
+  activation = getattr(nn, cfg.activation)  # config.ACTIVATIONS names flax.linen functions
   policy_net = GaussianPolicy(
     hidden_layer_sizes=cfg.policy_hidden_layer_sizes,
     action_size=action_size,
@@ -118,23 +113,12 @@ def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -
     )
 
   def policy(params, normalizer, obs):
-    return policy_net.apply(params, normalization.normalize(normalizer, obs))
+    return DiagonalGaussian(*policy_net.apply(params, normalization.normalize(normalizer, obs)))
 
   def value(params, normalizer, obs):
     return value_net.apply(params, normalization.normalize(normalizer, obs))
 
   return ActorCritic(init=init, policy=policy, value=value)
-
-
-def gaussian_log_prob(action: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-  """Log-density of a diagonal Gaussian, summed over the last (action) axis."""
-  z = (action - mean) / std
-  return jnp.sum(-0.5 * jnp.square(z) - jnp.log(std) - 0.5 * math.log(2 * math.pi), axis=-1)
-
-
-def gaussian_entropy(std: jax.Array) -> jax.Array:
-  """Entropy of a diagonal Gaussian, summed over the last (action) axis."""
-  return jnp.sum(jnp.log(std) + 0.5 * (1.0 + math.log(2 * math.pi)), axis=-1)
 
 
 def make_policy(
@@ -145,13 +129,13 @@ def make_policy(
 ) -> Callable[..., jax.Array]:
   """A jittable policy(obs [..., obs_size], key=None) -> action in [-1, 1].
 
-  Without a key (or with deterministic=True) it returns the mean action.
+  Without a key (or with deterministic=True) it returns the distribution's mode.
   """
 
   def policy(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
-    mean, std = networks.policy(policy_params, normalizer, obs)
+    distribution = networks.policy(policy_params, normalizer, obs)
     if key is None or deterministic:
-      return jnp.clip(mean, -1.0, 1.0)
-    return jnp.clip(mean + std * jax.random.normal(key, mean.shape), -1.0, 1.0)
+      return to_env(distribution.mode())
+    return to_env(distribution.sample(key))
 
   return policy

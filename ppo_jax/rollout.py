@@ -1,4 +1,4 @@
-"""Scanned, vmapped environment stepping: training unrolls and deterministic evaluation."""
+"""Scanned, vmapped environment stepping: training rollouts, evaluation and episode traces."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import Environment, EnvState
-from ppo_jax.networks import ActorCritic, gaussian_log_prob
+from ppo_jax.distribution import to_env
+from ppo_jax.networks import ActorCritic
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import Params, Transition
 
@@ -48,22 +49,9 @@ class EpisodeStats(NamedTuple):
     return totals._replace(length_min=jnp.min(stacked.length_min))
 
 
-def sample_action(
-  networks: ActorCritic,
-  policy_params: Params,
-  normalizer: RunningStatistics,
-  obs: jax.Array,
-  key: jax.Array,
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-  """Samples from the Gaussian policy: (action, log_prob, mean, std), action unclipped."""
-  mean, std = networks.policy(policy_params, normalizer, obs)
-  action = mean + std * jax.random.normal(key, mean.shape)
-  return action, gaussian_log_prob(action, mean, std), mean, std
-
-
 def env_step(env: Environment, state: EnvState, action: jax.Array) -> EnvState:
-  """Steps a batch of envs [B, ...] with actions clipped to the bounds [-1, 1]."""
-  return jax.vmap(env.step)(state, jnp.clip(action, -1.0, 1.0))
+  """Steps a batch of envs [B, ...] with sampled actions, brought within the bounds."""
+  return jax.vmap(env.step)(state, to_env(action))
 
 
 def _finished(state: EnvState, next_state: EnvState, stats: EpisodeStats) -> EpisodeStats:
@@ -105,16 +93,15 @@ def unroll(
 
   def step(carry, step_key):
     state, stats = carry
-    action, log_prob, mean, std = sample_action(
-      networks, policy_params, normalizer, state.obs, step_key
-    )
+    distribution = networks.policy(policy_params, normalizer, state.obs)
+    action = distribution.sample(step_key)
     next_state = env_step(env, state, action)
     transition = Transition(
       obs=state.obs,
       action=action,
-      log_prob=log_prob,
-      mean=mean,
-      std=std,
+      log_prob=distribution.log_prob(action),
+      mean=distribution.mean,
+      std=distribution.std,
       reward=next_state.reward,
       termination=next_state.termination,
       truncation=next_state.truncation,
@@ -126,6 +113,39 @@ def unroll(
     step, (env_state, EpisodeStats.zeros(env_state.metrics)), jax.random.split(key, length)
   )
   return env_state, transitions, stats
+
+
+def collect(
+  env: Environment,
+  networks: ActorCritic,
+  policy_params: Params,
+  normalizer: RunningStatistics,
+  env_state: EnvState,
+  key: jax.Array,
+  unrolls: int,
+  length: int,
+) -> tuple[EnvState, Transition, EpisodeStats]:
+  """`unrolls` unrolls of `length` steps of all envs, one after the other.
+
+  Returns:
+    (env_state after them, transitions [length, unrolls * B, ...] with every unroll a
+    column of its own, the finished-episode sums of them all).
+  """
+
+  def one_unroll(env_state, unroll_key):
+    env_state, transitions, stats = unroll(
+      env, networks, policy_params, normalizer, env_state, unroll_key, length
+    )
+    return env_state, (transitions, stats)
+
+  env_state, (transitions, stats) = jax.lax.scan(
+    one_unroll, env_state, jax.random.split(key, unrolls)
+  )
+  # [U, T, B, ...] -> [T, U * B, ...]: every segment is a column of the GAE.
+  transitions = jax.tree.map(
+    lambda x: jnp.swapaxes(x, 0, 1).reshape(x.shape[1], -1, *x.shape[3:]), transitions
+  )
+  return env_state, transitions, EpisodeStats.reduce(stats)
 
 
 class EvalMetrics(NamedTuple):
@@ -154,8 +174,9 @@ def evaluate(
 
   def step(carry, step_key):
     state, alive, ret, length, terminated = carry
-    action, _, mean, _ = sample_action(networks, policy_params, normalizer, state.obs, step_key)
-    state = env_step(env, state, mean if deterministic else action)
+    distribution = networks.policy(policy_params, normalizer, state.obs)
+    action = distribution.mode() if deterministic else distribution.sample(step_key)
+    state = env_step(env, state, action)
     ret = ret + alive * state.reward
     length = length + alive
     terminated = terminated + alive * state.termination
@@ -225,7 +246,7 @@ def trace_episodes(
     next_state = env_step(env, state, action)
     trace = Trace(
       observations=state.obs,
-      actions=jnp.clip(action, -1.0, 1.0),
+      actions=to_env(action),
       rewards=next_state.reward,
       terminations=next_state.termination > 0,
       truncations=next_state.truncation > 0,

@@ -1,6 +1,8 @@
-"""The TRPO policy step (Schulman et al. 2015): conjugate gradient, Fisher products, line search.
+"""TRPO (Schulman et al. 2015): conjugate gradient, Fisher products, line search, and the
+policy step and value-only minibatch loss that `algorithm="trpo"` trains with.
 
-Every function is pure, jittable and generic over parameter pytrees. The loops are
+Every function is pure and jittable; the solver (`conjugate_gradient`, `fisher_vector_product`,
+`line_search`, `trpo_step`) is generic over parameter pytrees. The loops are
 `lax.while_loop`s with static bounds, so a step runs inside a jitted (or vmapped) training
 step with no host round-trip.
 
@@ -12,14 +14,21 @@ with zero gradient at the old parameters and its Hessian there is the Fisher mat
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 from optax.tree_utils import tree_vdot
 
-from ppo_jax.types import Params
+from ppo_jax.gae import normalize_advantages
+from ppo_jax.losses import LossMetrics, loss_terms
+from ppo_jax.normalization import RunningStatistics
+from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params
+
+if TYPE_CHECKING:
+  from ppo_jax.networks import ActorCritic
 
 
 class CGResult(NamedTuple):
@@ -176,7 +185,7 @@ def line_search(
   init = (jnp.int32(0), jnp.bool_(False), params, kl_zero, jnp.zeros_like(surrogate_old))
   k, accepted, candidate, kl, improvement = jax.lax.while_loop(cond, body, init)
   return LineSearchResult(
-    params=jax.tree.map(lambda new, old: jnp.where(accepted, new, old), candidate, params),
+    params=optax.tree.where(accepted, candidate, params),
     accepted=accepted,
     backtracks=jnp.where(accepted, k, jnp.int32(max_backtracks)),
     step_fraction=jnp.where(accepted, backtrack_coef**k, 0.0),
@@ -238,3 +247,75 @@ def trpo_step(
     cg_residual=cg.residual_norm,
     grad_norm=jnp.sqrt(tree_vdot(grad, grad)),
   )
+
+
+# The TRPOStepResult fields reported as "trpo/<name>" metrics.
+STEP_METRICS = (
+  "accepted",
+  "backtracks",
+  "step_fraction",
+  "step_size",
+  "kl",
+  "improvement",
+  "expected_improvement",
+  "cg_residual",
+  "grad_norm",
+)
+
+
+def policy_step(
+  params: ActorCriticParams,
+  normalizer: RunningStatistics,
+  batch: Batch,
+  *,
+  networks: ActorCritic,
+  normalize_advantage: bool,
+  max_kl: float,
+  cg_iterations: int,
+  cg_damping: float,
+  max_backtracks: int,
+  backtrack_coef: float,
+) -> tuple[ActorCriticParams, Metrics]:
+  """One TRPO step of the policy on the whole batch [N, ...]: (params, "trpo/..." metrics).
+
+  The step's KL is measured from the current params under this iteration's observation
+  statistics, so it is 0 at the start and its Hessian there is the Fisher matrix.
+  """
+  advantages = normalize_advantages(batch.advantage) if normalize_advantage else batch.advantage
+  old = jax.lax.stop_gradient(networks.policy(params.policy, normalizer, batch.obs))
+
+  def surrogate(policy_params):
+    distribution = networks.policy(policy_params, normalizer, batch.obs)
+    ratio = jnp.exp(distribution.log_prob(batch.action) - batch.log_prob)
+    return jnp.mean(ratio * advantages)
+
+  def kl(policy_params):
+    return jnp.mean(old.kl(networks.policy(policy_params, normalizer, batch.obs)))
+
+  step = trpo_step(
+    surrogate,
+    kl,
+    params.policy,
+    max_kl=max_kl,
+    cg_iterations=cg_iterations,
+    cg_damping=cg_damping,
+    max_backtracks=max_backtracks,
+    backtrack_coef=backtrack_coef,
+  )
+  metrics = {f"trpo/{name}": getattr(step, name) for name in STEP_METRICS}
+  return params.replace(policy=step.params), metrics
+
+
+def value_fit_loss(
+  params: ActorCriticParams,
+  normalizer: RunningStatistics,
+  batch: Batch,
+  *,
+  value_loss_coef: float,
+  **term_kwargs,
+) -> tuple[jax.Array, LossMetrics]:
+  """TRPO's minibatch objective: value_loss_coef * the value loss alone, since the policy
+  moves by `policy_step`; the metrics are PPO's (see `losses.loss_terms`)."""
+  terms, metrics = loss_terms(params, normalizer, batch, **term_kwargs)
+  total = value_loss_coef * terms.value
+  return total, jax.lax.stop_gradient(metrics._replace(total_loss=total))

@@ -1,18 +1,18 @@
-"""The data that flows through training: transitions, the train state, per-update metrics."""
+"""The data that flows through a training iteration. Imports nothing of the project.
+
+Slices that a scan stacks are NamedTuples, time-major: a rollout is [T, B, ...], a batch of
+flat samples [N, ...].
+"""
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
 import jax
-import optax
 from flax import struct
 
-from envs import EnvState
-from ppo_jax.monitor import MonitorState
-from ppo_jax.normalization import RunningStatistics
-
 Params = Any
+Metrics = dict[str, jax.Array]
 
 
 class Transition(NamedTuple):
@@ -20,11 +20,11 @@ class Transition(NamedTuple):
 
   Attributes:
     obs: [..., obs_size] raw observation the action was chosen from.
-    action: [..., action_size] Gaussian sample, before clipping to the action bounds.
+    action: [..., action_size] the policy's sample, before the env's bounds are applied.
     log_prob: [...] log-probability of `action` under the rollout policy.
-    mean: [..., action_size] rollout policy mean (for the exact Gaussian KL).
+    mean: [..., action_size] rollout policy mean (for the exact KL).
     std: [..., action_size] rollout policy standard deviation.
-    reward: [...] reward of the step (scaled by reward_scaling).
+    reward: [...] reward of the step (before reward_scaling).
     termination: [...] 1.0 where the step ended the episode through the task.
     truncation: [...] 1.0 where the step hit the time limit.
     next_obs: [..., obs_size] true next observation (the final one where the episode ended).
@@ -58,28 +58,3 @@ class Batch(NamedTuple):
 class ActorCriticParams:
   policy: Params
   value: Params
-
-
-@struct.dataclass
-class TrainState:
-  """Everything a run carries from one iteration to the next (all on the device).
-
-  Attributes:
-    params: policy and value network parameters.
-    opt_state: optimizer state.
-    normalizer: running observation statistics.
-    learning_rate: [] current learning rate (moved by the "adaptive_kl" schedule).
-    env_state: [num_envs, ...] state of every training environment.
-    key: PRNG key.
-    iteration: [] completed training iterations.
-    monitor: the failure labels' history and the largest-KL update's policies.
-  """
-
-  params: ActorCriticParams
-  opt_state: optax.OptState
-  normalizer: RunningStatistics
-  learning_rate: jax.Array
-  env_state: EnvState
-  key: jax.Array
-  iteration: jax.Array
-  monitor: MonitorState

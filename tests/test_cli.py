@@ -103,7 +103,7 @@ def test_overrides_parse_into_the_config(tmp_path):
   assert cfg.env == "builtin/cartpole_balance"
   assert not resume
   assert run_dir.parent == Path(tmp_path) and run_dir.name.startswith("cartpole_balance-")
-  assert not run_dir.exists()  # only named; train() makes it
+  assert run_dir.is_dir() and not list(run_dir.iterdir())  # made empty, for train() to fill
 
 
 def test_memory_fit_on_synthetic_numbers():

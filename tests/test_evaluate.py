@@ -13,7 +13,7 @@ from tiny import tiny
 from experiments import evaluate
 from ppo_jax import checkpoint, normalization, train
 from ppo_jax.rollout import summarize_trace
-from ppo_jax.train import make_env_and_networks
+from ppo_jax.step import make_env_and_networks
 
 TRACE_FIELDS = (
   "observations",

@@ -31,9 +31,9 @@ import pytest
 from etils import epath
 from tiny import child_environment, tiny
 
-from ppo_jax import checkpoint, train
+from ppo_jax import checkpoint, runner, train
 from ppo_jax.logger import EVALS_FILE, METRICS_FILE, JsonLines
-from ppo_jax.train import init_state, make_env_and_networks
+from ppo_jax.step import init_state, make_env_and_networks
 
 CFG = tiny(num_evals=5)  # 8 iterations in 4 chunks of 2: checkpoints 2, 4, 6 and 8
 TMP = ".orbax-checkpoint-tmp"  # orbax's name for a checkpoint being written
@@ -360,7 +360,7 @@ def test_an_unwritable_parent_fails_before_compiling(tmp_path, monkeypatch):
   def no_compiling(*args, **kwargs):
     raise AssertionError("got past the run directory")
 
-  monkeypatch.setattr(sys.modules["ppo_jax.train"], "make_env_and_networks", no_compiling)
+  monkeypatch.setattr(runner, "make_env_and_networks", no_compiling)
   try:
     message = f"cannot create the run directory {locked / 'run'}: no permission to write in"
     with pytest.raises(PermissionError, match=re.escape(f"{message} {locked}")):

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from ppo_jax import PPOConfig, config
-from ppo_jax.train import init_state, make_env_and_networks, make_train_step
+from ppo_jax.step import init_state, make_env_and_networks, make_train_step
 
 FIELDS = {field.name: field for field in dataclasses.fields(PPOConfig)}
 DEFAULTS = PPOConfig()
@@ -211,8 +211,13 @@ def trains_or_names_a_field(kwargs: dict) -> bool:
     return False
   assert cfg.env in BUILTIN_ENVS  # the strategies draw no other valid env
   state = init_state(cfg, env, networks)
-  _, metrics = jax.block_until_ready(jax.jit(make_train_step(cfg, env, networks))(state))
-  assert metrics  # whatever the numbers: a config that trains to NaN is no escape
+  state, metrics = jax.device_get(jax.jit(make_train_step(cfg, env, networks))(state))
+  # Whatever the numbers (a config that trains to NaN is no escape), one whole iteration ran.
+  epochs = cfg.num_updates_per_batch
+  assert int(state.iteration) == 1
+  assert metrics["approx_kl_per_epoch"].shape == (epochs,)
+  assert 1 <= metrics["minibatch_updates_applied"] <= epochs * cfg.num_minibatches
+  assert metrics["episodes"] == metrics["terminations"] + metrics["truncations"]
   return True
 
 

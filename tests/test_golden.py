@@ -54,9 +54,7 @@ def platform() -> str:
 def snapshot(name: str) -> dict[str, np.ndarray]:
   """What `train` returns for CONFIGS[name], as flat numpy arrays."""
   result = train(CONFIGS[name], show_progress=False)
-  arrays = {
-    f"metrics/{k}": np.asarray(v) for k, v in result.metrics.items() if k not in TIMING
-  }
+  arrays = {f"metrics/{k}": np.asarray(v) for k, v in result.metrics.items() if k not in TIMING}
   arrays |= {f"evals/{k}": np.asarray(v) for k, v in result.evals.items() if k not in TIMING}
   for part in STATE_PARTS:
     leaves = jax.tree.leaves(jax.device_get(getattr(result.state, part)))

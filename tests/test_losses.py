@@ -1,4 +1,4 @@
-"""Value loss against NumPy; the full loss at ratio 1; the Gaussian log-density and entropy."""
+"""Value loss against NumPy; the full PPO loss at ratio 1 and off-policy."""
 
 import functools
 
@@ -8,7 +8,8 @@ import pytest
 from scipy import stats
 
 from ppo_jax import PPOConfig, networks, normalization
-from ppo_jax.losses import make_loss, value_loss
+from ppo_jax.losses import value_loss
+from ppo_jax.step import make_loss
 from ppo_jax.types import Batch
 
 OBS_SIZE, ACTION_SIZE, NUM_SAMPLES = 4, 2, 64
@@ -76,14 +77,14 @@ def make_evaluate(cfg):
   def evaluate(key, seen, obs, noise, value, advantage, target, log_prob_shift):
     params = net.init(key)
     normalizer = normalization.update(normalization.init(OBS_SIZE), seen)
-    mean, std = net.policy(params.policy, normalizer, obs)
-    action = mean + std * noise
+    distribution = net.policy(params.policy, normalizer, obs)
+    action = distribution.mean + distribution.std * noise
     batch = Batch(
       obs=obs,
       action=action,
-      log_prob=networks.gaussian_log_prob(action, mean, std) - log_prob_shift,
-      mean=mean,
-      std=std,
+      log_prob=distribution.log_prob(action) - log_prob_shift,
+      mean=distribution.mean,
+      std=distribution.std,
       value=value,
       advantage=advantage,
       target=target,
@@ -163,22 +164,3 @@ def test_make_loss_sees_an_off_policy_batch():
   advantages = np.asarray(batch.advantage)
   normalized = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
   np.testing.assert_allclose(metrics.zero_gradient_fraction, np.mean(normalized > 0), rtol=1e-6)
-
-
-def test_gaussian_log_prob_matches_scipy():
-  rng = np.random.default_rng(3)
-  mean = rng.normal(size=(5, 7, 3)).astype(np.float32)
-  std = rng.uniform(0.1, 2.0, size=(5, 7, 3)).astype(np.float32)
-  action = (mean + std * rng.normal(size=mean.shape) * 2.0).astype(np.float32)
-  log_prob = networks.gaussian_log_prob(action, mean, std)
-  assert log_prob.shape == (5, 7)
-  expected = stats.norm.logpdf(np.float64(action), np.float64(mean), np.float64(std)).sum(-1)
-  np.testing.assert_allclose(log_prob, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_gaussian_entropy_matches_scipy():
-  std = np.random.default_rng(4).uniform(0.05, 3.0, size=(6, 4)).astype(np.float32)
-  entropy = networks.gaussian_entropy(std)
-  assert entropy.shape == (6,)
-  expected = stats.norm.entropy(scale=np.float64(std)).sum(-1)
-  np.testing.assert_allclose(entropy, expected, rtol=1e-5, atol=1e-6)

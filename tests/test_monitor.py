@@ -4,7 +4,6 @@ largest-KL comparison and the health report."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 
 import chex
@@ -12,36 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import tiny
+from tiny import fresh, run_steps, tiny
 
 import envs
 from envs.builtin import CartpoleBalance
 from experiments.presets import PRESETS
-from ppo_jax import diagnostics, health, load_policy, monitor, train
+from ppo_jax import diagnostics, health, load_policy, monitor, runner, train
+from ppo_jax.health import LARGEST_KL_DIR
 from ppo_jax.rollout import unroll
-from ppo_jax.train import (
-  LARGEST_KL_DIR,
-  NonFiniteError,
-  init_state,
-  make_env_and_networks,
-  make_train_step,
-)
-
-
-def run_steps(cfg, iterations, env=None):
-  """`iterations` jitted train steps: (states before each, stacked metrics as numpy)."""
-  default_env, networks = make_env_and_networks(cfg)
-  env = env or default_env
-  state = init_state(cfg, env, networks)
-  step = jax.jit(make_train_step(cfg, env, networks))
-  states, metrics = [], []
-  for _ in range(iterations):
-    states.append(jax.device_get(state))
-    state, m = step(state)
-    metrics.append(jax.device_get(m))
-  states.append(jax.device_get(state))
-  return states, {k: np.array([m[k] for m in metrics]) for k in metrics[0]}
-
+from ppo_jax.runner import NonFiniteError
+from ppo_jax.step import make_env_and_networks
 
 # Safety metrics.
 
@@ -67,8 +46,7 @@ def test_episode_stats_match_a_numpy_count():
   """Lengths, the shortest episode and the env metrics' per-episode means (the built-in
   cartpole reports its control cost sum(a^2) per step)."""
   cfg = tiny(episode_length=12)
-  env, networks = make_env_and_networks(cfg)
-  state = init_state(cfg, env, networks)
+  env, networks, state = fresh(cfg)
   env_state, transitions, stats = jax.jit(unroll, static_argnums=(0, 1, 6))(
     env, networks, state.params.policy, state.normalizer, state.env_state, jax.random.key(3), 40
   )
@@ -241,8 +219,7 @@ def test_training_stops_after_repeated_nonfinite_iterations_keeping_the_checkpoi
 
   # The run goes on in an env whose rewards have turned NaN.
   env, networks = make_env_and_networks(cfg)
-  train_module = importlib.import_module("ppo_jax.train")  # `ppo_jax.train` is the function
-  monkeypatch.setattr(train_module, "make_env_and_networks", lambda cfg: (nan_env(cfg), networks))
+  monkeypatch.setattr(runner, "make_env_and_networks", lambda cfg: (nan_env(cfg), networks))
   with pytest.raises(
     NonFiniteError, match=rf"iteration {good + 2}.*checkpoint \(iteration {good}\)"
   ):

@@ -14,6 +14,7 @@ import envs
 from experiments import train as train_cli
 from experiments.presets import PRESETS
 from ppo_jax import PPOConfig
+from ppo_jax.step import make_env
 
 NAMES = sorted(PRESETS)
 BRAX = [n for n in NAMES if PRESETS[n].env.startswith("brax/")]
@@ -37,16 +38,6 @@ def _rank_promotion(cfg: PPOConfig):
   strict conftest forbids; these envs trace their reset to find their observation size."""
   uses_mjx = cfg.env.startswith("playground/") or cfg.env_backend == "mjx"
   return jax.numpy_rank_promotion("allow" if uses_mjx else "raise")
-
-
-def _make(cfg: PPOConfig) -> envs.Environment:
-  """The env exactly as `ppo_jax.train` makes it for `cfg`."""
-  return envs.make(
-    cfg.env,
-    episode_length=cfg.episode_length,
-    action_repeat=cfg.action_repeat,
-    backend=cfg.env_backend,
-  )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -80,7 +71,7 @@ def test_brax_preset_names_an_available_env(name):
 def test_preset_env_builds(name):
   cfg = PRESETS[name]
   with _rank_promotion(cfg):
-    _check_env(cfg, _make(cfg))
+    _check_env(cfg, make_env(cfg))
 
 
 @pytest.mark.slow
@@ -88,7 +79,7 @@ def test_preset_env_builds(name):
 def test_brax_preset_env_builds(name):
   cfg = PRESETS[name]
   with _rank_promotion(cfg):
-    env = _make(cfg)
+    env = make_env(cfg)
     _check_env(cfg, env)
   assert env.core.backend == (cfg.env_backend or "generalized")
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from ppo_jax import diagnostics, trpo
-from ppo_jax.networks import gaussian_log_prob
+from ppo_jax import trpo
+from ppo_jax.distribution import DiagonalGaussian
 
 N, OBS, ACT = 256, 3, 2
 MAX_KL = 0.01
@@ -28,7 +28,7 @@ def random_spd(seed, n=8):
 
 def policy(params, obs):
   mean = obs @ params["w"].T
-  return mean, jnp.broadcast_to(jnp.exp(params["log_std"]), mean.shape)
+  return DiagonalGaussian(mean, jnp.broadcast_to(jnp.exp(params["log_std"]), mean.shape))
 
 
 def make_problem(seed, advantage_scale=1.0):
@@ -49,16 +49,14 @@ def make_problem(seed, advantage_scale=1.0):
 
 
 def make_fns(params_old, obs, actions, advantages):
-  mean_old, std_old = jax.lax.stop_gradient(policy(params_old, obs))
-  log_prob_old = gaussian_log_prob(actions, mean_old, std_old)
+  old = jax.lax.stop_gradient(policy(params_old, obs))
+  log_prob_old = old.log_prob(actions)
 
   def surrogate_fn(params):
-    mean, std = policy(params, obs)
-    return jnp.mean(jnp.exp(gaussian_log_prob(actions, mean, std) - log_prob_old) * advantages)
+    return jnp.mean(jnp.exp(policy(params, obs).log_prob(actions) - log_prob_old) * advantages)
 
   def kl_fn(params):
-    mean, std = policy(params, obs)
-    return jnp.mean(diagnostics.gaussian_kl(mean_old, std_old, mean, std))
+    return jnp.mean(old.kl(policy(params, obs)))
 
   return surrogate_fn, kl_fn
 

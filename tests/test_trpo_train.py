@@ -9,23 +9,10 @@ import chex
 import jax
 import numpy as np
 import pytest
-from tiny import tiny
+from tiny import run_steps, tiny
 
 from experiments.presets import PRESETS
 from ppo_jax import train
-from ppo_jax.train import init_state, make_env_and_networks, make_train_step
-
-
-def run_steps(cfg, iterations):
-  env, networks = make_env_and_networks(cfg)
-  state = init_state(cfg, env, networks)
-  step = jax.jit(make_train_step(cfg, env, networks))
-  states, metrics = [jax.device_get(state)], []
-  for _ in range(iterations):
-    state, m = step(state)
-    states.append(jax.device_get(state))
-    metrics.append(jax.device_get(m))
-  return states, {k: np.array([m[k] for m in metrics]) for k in metrics[0]}
 
 
 def check_steps(cfg, states, metrics):

@@ -1,10 +1,15 @@
-"""A config small enough to compile and train in seconds, and the environment of a training
+"""What many tests share: a config small enough to compile and train in seconds, a fresh
+train state, jitted steps with every state kept, and the environment of a training
 subprocess."""
 
 import os
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from ppo_jax import PPOConfig
+from ppo_jax.step import init_state, make_env_and_networks, make_train_step
 
 
 def tiny(**overrides) -> PPOConfig:
@@ -24,6 +29,25 @@ def tiny(**overrides) -> PPOConfig:
     num_eval_envs=4,
   )
   return PPOConfig(**{**settings, **overrides})
+
+
+def fresh(cfg: PPOConfig, env=None):
+  """(env, networks, initial train state) of `cfg`; `env` replaces the configured one."""
+  default_env, networks = make_env_and_networks(cfg)
+  env = env or default_env
+  return env, networks, init_state(cfg, env, networks)
+
+
+def run_steps(cfg: PPOConfig, iterations: int, env=None):
+  """`iterations` jitted train steps: (the states [initial, after each], stacked metrics)."""
+  env, networks, state = fresh(cfg, env)
+  step = jax.jit(make_train_step(cfg, env, networks))
+  states, metrics = [jax.device_get(state)], []
+  for _ in range(iterations):
+    state, m = step(state)
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(m))
+  return states, {k: np.array([m[k] for m in metrics]) for k in metrics[0]}
 
 
 def child_environment(cache: Path | None) -> dict[str, str]:
