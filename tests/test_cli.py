@@ -7,6 +7,7 @@ import pytest
 import envs
 from experiments import memory
 from experiments.train import build_parser, config_from_args, main, parse_args
+from ppo_jax import PPOConfig
 
 
 def error_of(argv: list[str], capsys) -> str:
@@ -72,6 +73,12 @@ def test_unknown_env_fails_before_a_run_directory(tmp_path, capsys):
   )
   assert "did you mean 'builtin/cartpole_balance'?" in message
   assert not list(tmp_path.iterdir())
+
+
+def test_help_gives_every_field_its_meaning():
+  text = " ".join(build_parser().format_help().split())
+  for name, meaning in PPOConfig.field_help().items():
+    assert f"--{name}" in text and " ".join(meaning.split()) in text, name
 
 
 def test_bad_value_names_the_field(capsys):

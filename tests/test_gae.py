@@ -36,18 +36,13 @@ def random_rollout(seed, shape=(T, B), done_prob=0.1):
   return rewards, values, next_values, terminations, truncations
 
 
-def test_random_rollout_has_both_kinds_of_done_never_together():
-  *_, terminations, truncations = random_rollout(0)
-  assert terminations.sum() > 0 and truncations.sum() > 0
-  assert np.all(terminations * truncations == 0)
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize(
   "gamma, lam", [(0.99, 0.95), (0.97, 0.95), (0.9, 0.0), (0.5, 0.7), (1.0, 1.0), (0.8, 1.0)]
 )
 def test_matches_numpy_reference(seed, gamma, lam):
   data = random_rollout(seed)
+  assert data[3].sum() > 0 and data[4].sum() > 0  # both kinds of done are exercised
   advantages, targets = compute_gae(*data, gamma, lam)
   ref_advantages, ref_targets = gae_reference(*data, gamma, lam)
   np.testing.assert_allclose(advantages, ref_advantages, rtol=0, atol=1e-5)

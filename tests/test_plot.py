@@ -6,6 +6,7 @@ import math
 import matplotlib.image
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
 from experiments import plot
 
@@ -94,6 +95,15 @@ def test_two_runs(tmp_path):
     make_run(tmp_path, "b", env="playground/CartpoleBalance", seed=1, schedule="adaptive_kl"),
   ]
   assert_png(plot.plot_runs([str(r) for r in runs], tmp_path / "two.png"))
+  # Every panel draws both runs, one color each, and the legend names both.
+  figure = plot.make_figure(runs)
+  titled = [ax for ax in figure.axes if ax.get_title(loc="left")]
+  assert len(titled) == 6
+  for ax in titled:
+    colors = {to_hex(line.get_color()) for line in ax.get_lines() if len(line.get_xdata())}
+    assert {to_hex("C0"), to_hex("C1")} <= colors, ax.get_title(loc="left")
+  legend = [text.get_text() for text in figure.legends[0].get_texts()]
+  assert len(legend) == 2 and "playground/CartpoleBalance" in legend[1]
 
 
 def test_empty_and_sparse_runs(tmp_path):

@@ -11,7 +11,7 @@ from tiny import fresh, tiny
 
 import envs
 from experiments.presets import PRESETS
-from ppo_jax import PPOConfig, train
+from ppo_jax import PPOConfig, logger, train
 from ppo_jax.rollout import unroll
 from ppo_jax.step import make_train_chunk, make_train_step
 from ppo_jax.update import adapt_learning_rate
@@ -77,6 +77,11 @@ def test_metrics_shapes_and_ranges():
   assert metrics["minibatch_updates_applied"] == epochs * cfg.num_minibatches
   assert metrics["epochs_applied"] == epochs
   assert metrics["learning_rate"] == pytest.approx(cfg.learning_rate)
+  # Every scalar lands in a TensorBoard section of its own kind.
+  scalars = [name for name, value in metrics.items() if np.ndim(value) == 0]
+  assert not [name for name in scalars if logger.tensorboard_tag(name).startswith("other/")]
+  assert logger.tensorboard_tag("update_kl") == "update/update_kl"
+  assert logger.tensorboard_tag("label/kl_spike") == "label/kl_spike"
 
 
 def test_early_stop_skips_the_remaining_updates():
