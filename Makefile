@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup train test test-slow bench clean
+.PHONY: setup train test test-slow bench gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ test-slow: setup  ## Only the long runs.
 
 bench: setup  ## Training and rollout-only throughput, compile time.
 	$(PY) -m experiments.bench
+
+gpu-check:  ## On a machine with a GPU and JAX (no .venv): throughput and a whole brax_ant run.
+	@if [ -d .whl ] && ! $(PYTHON) -c "import brax, mujoco.mjx, tensorboardX" 2>/dev/null; then \
+	  $(PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
+	PYTHONPATH=/tmp/site:$$PYTHONPATH $(PYTHON) -m experiments.gpu_check $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -17,6 +17,7 @@ All functions act on one unbatched environment; the trainer vmaps them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Protocol
 
 import jax
@@ -102,9 +103,11 @@ class Environment:
         f"({self.action_repeat})"
       )
 
-  @property
+  @functools.cached_property
   def observation_size(self) -> int:
-    return int(self.core.observation_size)
+    """The observation's size, from a reset traced once, never run: Brax's own property runs
+    a whole reset op by op (seconds for a MuJoCo model) at every access."""
+    return int(jax.eval_shape(self.reset, jax.random.PRNGKey(0)).obs.shape[-1])
 
   @property
   def action_size(self) -> int:

@@ -38,7 +38,7 @@ import numpy as np
 
 from envs import Environment
 from ppo_jax import checkpoint, load_policy, logger
-from ppo_jax.rollout import Trace, summarize_trace, trace_episodes
+from ppo_jax.rollout import Trace, first_episodes, summarize, trace_episodes
 from ppo_jax.step import make_env
 
 EVAL_DIR = "eval"
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> Path:
     "deterministic": args.deterministic,
     "seed": args.seed,
     "max_episode_steps": env.max_episode_steps,
-    **summarize_trace(trace),
+    **summarize(first_episodes(Trace(**trace))),
     "video": None,
     "video_note": no_video,
   }

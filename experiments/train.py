@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument(
     "--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR"
   )
+  parser.add_argument(
+    "--compilation_cache",
+    metavar="DIR",
+    default=None,
+    help="folder of JAX's persistent compilation cache, which spares a second run of the same "
+    "preset most of its compile time (default: $PPO_JAX_CACHE_DIR, else ~/.cache/ppo_jax/...)",
+  )
+  parser.add_argument(
+    "--no_compilation_cache", action="store_true", help="compile everything anew, cache nothing"
+  )
   for field in dataclasses.fields(PPOConfig):
     parser.add_argument(
       f"--{field.name}",
@@ -83,7 +93,8 @@ def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOCo
   """
   args = dict(args)
   preset, runs, run_dir, resume = (args.pop(k) for k in ("preset", "runs", "run_dir", "resume"))
-  args.pop("list", None)
+  for name in ("list", "compilation_cache", "no_compilation_cache"):
+    args.pop(name, None)
   if resume is not None:
     if args:
       parser.error(f"--resume takes no config overrides (got {', '.join(args)})")
@@ -123,13 +134,15 @@ def main(argv: list[str] | None = None) -> Path | None:
     f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}",
     flush=True,
   )
-  result = train(cfg, run_dir, resume=resume)
+  cache = False if args["no_compilation_cache"] else args["compilation_cache"] or True
+  result = train(cfg, run_dir, resume=resume, compilation_cache=cache)
   plot = plot_runs([run_dir], run_dir / "plot.png")
   # The last evaluation (averaged over the seeds of a panel).
   final = float(np.mean(result.evals["eval/episode_return"][..., -1]))
   print(
     f"done: eval return {final:.1f} after {cfg.total_env_steps:,d} steps; "
-    f"compile {result.compile_seconds:.1f} s, training {result.train_seconds:.1f} s\n"
+    f"wall {result.timings['wall']:.1f} s: compile {result.compile_seconds:.1f} s, "
+    f"training {result.train_seconds:.1f} s (timings.json has every phase)\n"
     f"run directory: {run_dir} (plot: {plot.name}, policy: policy/)"
   )
   return run_dir

@@ -5,8 +5,12 @@ optimizer state, observation statistics, adaptive learning rate, RNG key, every 
 the iteration counter, plus the host's own small state (the evaluation key, the config).
 Orbax writes each one to a temporary directory (`<step>.orbax-checkpoint-tmp`) and renames
 it when complete, so a kill during a write never leaves a checkpoint that `latest` would
-pick up; the next `manager` of the run directory deletes such leftovers. A save that fails
-(a full disk) removes its partial write and says which earlier checkpoint is intact.
+pick up; the next `Checkpointer` of the run directory deletes such leftovers. A save that
+fails (a full disk) removes its partial write and says which earlier checkpoint is intact.
+
+Saves run in the background (orbax's asynchronous checkpointing): `save` copies the state to
+host memory and returns, so the write overlaps the next chunk of training. The next `save`,
+and `wait`, first wait for the one in flight and raise its failure.
 """
 
 from __future__ import annotations
@@ -35,51 +39,104 @@ CHECKPOINTS = "checkpoints"
 POLICY = "policy"
 
 
-def manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
-  """Checkpoint manager of a run directory, keeping the last `keep` checkpoints."""
-  options = ocp.CheckpointManagerOptions(
-    max_to_keep=keep,
-    create=True,
-    enable_async_checkpointing=False,
-    cleanup_tmp_directories=True,  # partial writes of a run that was killed
-  )
-  return ocp.CheckpointManager(
-    Path(run_dir).absolute() / CHECKPOINTS, options=options, item_names=("state", "host")
-  )
-
-
 def _nonempty_leaves(tree: Any) -> dict[str, Any]:
   """Leaves with data, keyed by position: orbax refuses zero-size arrays, which MJX states
   hold (e.g. `data.act` of a model without activations). Their shape alone restores them."""
   return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if np.size(leaf)}
 
 
-def save(mngr: ocp.CheckpointManager, step: int, state: Any, host: dict[str, Any]) -> None:
-  """Saves `state` (any pytree of arrays) as checkpoint `step`; `host` is JSON-able.
+def _host_copy(leaf: Any) -> Any:
+  """A host copy that owns its memory: the device buffer may be donated to the next chunk
+  while the copy is written. Extended dtypes (typed PRNG keys) stay with orbax."""
+  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):
+    return leaf
+  return np.array(leaf, copy=True)
 
-  Raises:
-    OSError: the write failed, with the same errno; the message names the step, the path and
-      the latest checkpoint left intact ("disk full while saving checkpoint 4 to ...; the
-      previous checkpoint 2 is intact"). The partial write is removed first.
+
+class Checkpointer:
+  """The checkpoints of a run directory: saved in the background, the last `keep` kept.
+
+  Args:
+    run_dir: the run directory; checkpoints go to run_dir/checkpoints.
+    keep: how many of the latest checkpoints are kept.
+    asynchronous: whether `save` returns before the write is done.
   """
-  started = set(threading.enumerate())
-  try:
-    mngr.save(
+
+  def __init__(self, run_dir: str | Path, keep: int, asynchronous: bool = True):
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      create=True,
+      enable_async_checkpointing=asynchronous,
+      cleanup_tmp_directories=True,  # partial writes of a run that was killed
+    )
+    self.manager = ocp.CheckpointManager(
+      Path(run_dir).absolute() / CHECKPOINTS, options=options, item_names=("state", "host")
+    )
+    self.directory = self.manager.directory
+    self._in_flight: tuple[int, set[threading.Thread]] | None = None
+
+  def latest_step(self) -> int | None:
+    """The latest complete checkpoint (after the one in flight, if any, is done)."""
+    self.wait()
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, host: dict[str, Any]) -> None:
+    """Starts saving `state` (any pytree of arrays) as checkpoint `step`; `host` is JSON-able.
+
+    Raises:
+      OSError: this or the previous save failed, with the same errno; the message names the
+        step, the path and the latest checkpoint left intact ("disk full while saving
+        checkpoint 4 to ...; the previous checkpoint 2 is intact"). The partial write is
+        removed first.
+    """
+    self.wait()
+    self._in_flight = (step, set(threading.enumerate()))
+    items = jax.tree.map(_host_copy, _nonempty_leaves(state))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(items), host=ocp.args.JsonSave(host))
+    self._guard(lambda: self.manager.save(step, args=args))
+
+  def wait(self) -> None:
+    """Waits for the save in flight; raises its failure as `save` describes."""
+    if self._in_flight is not None:
+      self._guard(self.manager.wait_until_finished)
+      self._in_flight = None
+
+  def _guard(self, call: Callable[[], Any]) -> None:
+    step, threads = self._in_flight
+    try:
+      call()
+    except Exception as error:
+      self._in_flight = None
+      # Orbax raises the first failed write while the others still run in its threads: they
+      # must end before the partial checkpoint is removed, or they would write it back.
+      _join(set(threading.enumerate()) - threads, timeout=30.0)
+      _remove_partial(self.directory, step)
+      cause = _os_error(error)
+      if cause is None:
+        raise
+      raise OSError(cause.errno, _save_failure(self.manager, step, cause)) from error
+
+  def restore_latest(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The latest complete checkpoint as (state, host), `state` shaped like `like`; None if none.
+
+    Arrays are read to the host, then put on the default device as a fresh state's are (not
+    committed to it), so a resumed run lowers to the very program a fresh one does:
+    bit-identical steps, and a hit in a persistent compilation cache.
+    """
+    step = self.latest_step()
+    if step is None:
+      return None
+    abstract = jax.tree.map(_host_like, _nonempty_leaves(like))
+    restored = self.manager.restore(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_nonempty_leaves(state)), host=ocp.args.JsonSave(host)
+        state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()
       ),
     )
-    mngr.wait_until_finished()
-  except Exception as error:
-    # Orbax raises the first failed write while the others still run in its threads: they
-    # must end before the partial checkpoint is removed, or they would write it back.
-    _join(set(threading.enumerate()) - started, timeout=30.0)
-    _remove_partial(mngr.directory, step)
-    cause = _os_error(error)
-    if cause is None:
-      raise
-    raise OSError(cause.errno, _save_failure(mngr, step, cause)) from error
+    leaves, treedef = jax.tree.flatten(like)
+    data = jax.tree.map(jnp.asarray, restored.state)
+    leaves = [data[f"{i:06d}"] if np.size(leaf) else leaf for i, leaf in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, leaves), restored.host
 
 
 def _join(threads: set[threading.Thread], timeout: float) -> None:
@@ -119,27 +176,6 @@ def _save_failure(mngr: ocp.CheckpointManager, step: int, cause: OSError) -> str
     left = "there is no earlier checkpoint, so a resume starts the run over"
   reason = cause.strerror or os.strerror(cause.errno)
   return f"{what} ({reason}) while saving checkpoint {step} to {mngr.directory / str(step)}; {left}"
-
-
-def restore_latest(mngr: ocp.CheckpointManager, like: Any) -> tuple[Any, dict[str, Any]] | None:
-  """The latest complete checkpoint as (state, host), `state` shaped like `like`; None if none.
-
-  Arrays are read to the host, then put on the default device as a fresh state's are (not
-  committed to it), so a resumed run lowers to the very program a fresh one does: bit-identical
-  steps, and a hit in a persistent compilation cache.
-  """
-  step = mngr.latest_step()
-  if step is None:
-    return None
-  abstract = jax.tree.map(_host_like, _nonempty_leaves(like))
-  restored = mngr.restore(
-    step,
-    args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), host=ocp.args.JsonRestore()),
-  )
-  leaves, treedef = jax.tree.flatten(like)
-  data = jax.tree.map(jnp.asarray, restored.state)
-  leaves = [data[f"{i:06d}"] if np.size(leaf) else leaf for i, leaf in enumerate(leaves)]
-  return jax.tree.unflatten(treedef, leaves), restored.host
 
 
 def _host_like(leaf: Any) -> Any:

@@ -12,16 +12,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-import envs
 from ppo_jax import checkpoint
 from ppo_jax.config import PPOConfig
 from ppo_jax.logger import column
-from ppo_jax.monitor import LABELS, MonitorState, PolicySnapshot
-from ppo_jax.networks import ActorCritic, make_policy
-from ppo_jax.rollout import summarize_trace, trace_episodes
+from ppo_jax.monitor import LABELS, MonitorState
+from ppo_jax.rollout import Episodes, Trace, summarize
 
 HEALTH_FILE = "health.json"
 LARGEST_KL_DIR = "largest_kl"
@@ -204,48 +201,45 @@ def largest_kl_dir(run_dir: Path | None, seed: int, num_seeds: int) -> Path | No
 
 def compare_largest_kl(
   cfg: PPOConfig,
-  env: envs.Environment,
-  networks: ActorCritic,
   monitor_state: MonitorState,
-  key: jax.Array,
+  before: tuple[Episodes, Trace],
+  after: tuple[Episodes, Trace],
   out_dir: Path | None,
-) -> dict[str, Any] | None:
-  """Runs the policies before and after the largest-KL update on the same seeds.
+  observation_size: int,
+  action_size: int,
+) -> dict[str, Any]:
+  """What the policies before and after the largest-KL update did on the same seeds.
 
-  Each runs one episode in `num_eval_envs` fresh envs, with the same initial states and the
-  same noise. With `out_dir`, writes before_trace.npz, after_trace.npz (see `Trace`),
-  comparison.json and the two policies there (`load_policy(out_dir / "before")` loads one).
+  `before` and `after` are what the evaluator returned for the two policies (fetched), run
+  with the same key: one episode in each of `num_eval_envs` envs, the same initial states
+  and the same noise. With `out_dir`, writes before_trace.npz, after_trace.npz (see
+  `Trace`), comparison.json and the two policies there (`load_policy(out_dir / "before")`).
 
   Returns:
     {"iteration", "update_kl", "episodes", "deterministic", "before": {...}, "after": {...}}
-    with per-episode returns, lengths and terminations of each, or None before any update.
+    with per-episode returns, lengths and terminations of each.
   """
-  iteration = int(monitor_state.largest_kl_iteration)
-  if iteration == 0:
-    return None
-
-  @jax.jit
-  def rollout(snapshot: PolicySnapshot):
-    policy = make_policy(networks, snapshot.policy, snapshot.normalizer, cfg.deterministic_eval)
-    return trace_episodes(env, policy, key, cfg.num_eval_envs)[0]
-
   comparison = {
-    "iteration": iteration,
+    "iteration": int(monitor_state.largest_kl_iteration),
     "update_kl": float(monitor_state.largest_kl),
     "episodes": cfg.num_eval_envs,
     "deterministic": cfg.deterministic_eval,
   }
-  for name, snapshot in (("before", monitor_state.before), ("after", monitor_state.after)):
-    trace = {k: np.asarray(v) for k, v in jax.device_get(rollout(snapshot))._asdict().items()}
-    comparison[name] = summarize_trace(trace)
+  for name, (episodes, trace), snapshot in (
+    ("before", before, monitor_state.before),
+    ("after", after, monitor_state.after),
+  ):
+    comparison[name] = summarize(episodes)
     if out_dir is not None:
       out_dir.mkdir(parents=True, exist_ok=True)
-      np.savez(out_dir / f"{name}_trace.npz", **trace)
+      np.savez(
+        out_dir / f"{name}_trace.npz", **{k: np.asarray(v) for k, v in trace._asdict().items()}
+      )
       checkpoint.save_policy(
         out_dir / name,
         cfg,
-        env.observation_size,
-        env.action_size,
+        observation_size,
+        action_size,
         snapshot.policy,
         snapshot.normalizer,
       )

@@ -73,6 +73,11 @@ def tensorboard_tag(name: str) -> str:
   return f"{_SECTION_OF.get(name, 'other')}/{name}"
 
 
+def is_timing(name: str) -> bool:
+  """Whether a record field is a timing, which differs between otherwise identical runs."""
+  return name in ("wall_time", "sps") or name.startswith("time/")
+
+
 def jsonable(value: Any) -> Any:
   """numpy scalars and arrays -> JSON values, NaN and Inf -> null."""
   value = np.asarray(value)
@@ -205,6 +210,11 @@ class RunLogger:
       if show_progress
       else None
     )
+
+  def phase(self, name: str) -> None:
+    """Shows the phase now running on the progress bar."""
+    if self.bar is not None:
+      self.bar.set_description_str(name, refresh=True)
 
   def start(self, env_steps: int) -> None:
     if self.bar is not None:

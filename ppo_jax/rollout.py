@@ -148,64 +148,17 @@ def collect(
   return env_state, transitions, EpisodeStats.reduce(stats)
 
 
-class EvalMetrics(NamedTuple):
-  episode_return: jax.Array
-  episode_return_std: jax.Array
-  episode_length: jax.Array
-  termination_rate: jax.Array
-
-
-def evaluate(
-  env: Environment,
-  networks: ActorCritic,
-  policy_params: Params,
-  normalizer: RunningStatistics,
-  key: jax.Array,
-  num_envs: int,
-  deterministic: bool,
-) -> EvalMetrics:
-  """Runs one full episode in each of `num_envs` fresh envs and reports its return.
-
-  Steps taken after an env's first episode ends are not counted.
-  """
-  reset_key, policy_key = jax.random.split(key)
-  state = jax.vmap(env.reset)(jax.random.split(reset_key, num_envs))
-  zeros = jnp.zeros((num_envs,), jnp.float32)
-
-  def step(carry, step_key):
-    state, alive, ret, length, terminated = carry
-    distribution = networks.policy(policy_params, normalizer, state.obs)
-    action = distribution.mode() if deterministic else distribution.sample(step_key)
-    state = env_step(env, state, action)
-    ret = ret + alive * state.reward
-    length = length + alive
-    terminated = terminated + alive * state.termination
-    alive = alive * (1.0 - state.done)
-    return (state, alive, ret, length, terminated), None
-
-  carry = (state, jnp.ones((num_envs,), jnp.float32), zeros, zeros, zeros)
-  (_, _, ret, length, terminated), _ = jax.lax.scan(
-    step, carry, jax.random.split(policy_key, env.max_episode_steps)
-  )
-  return EvalMetrics(
-    episode_return=jnp.mean(ret),
-    episode_return_std=jnp.std(ret),
-    episode_length=jnp.mean(length),
-    termination_rate=jnp.mean(terminated),
-  )
-
-
 class Trace(NamedTuple):
   """One step of every env; `trace_episodes` stacks it to [T, N, ...].
 
   Attributes:
     observations: [N, obs] observation the action was chosen from.
-    actions: [N, act] action sent to the env, clipped to [-1, 1].
+    actions: [N, act] action sent to the env, within the bounds [-1, 1].
     rewards: [N] reward of the step.
     terminations: [N] the step ended the episode through the task.
     truncations: [N] the step hit the time limit.
     alive: [N] the step belongs to the env's first episode.
-    saturated: [N] fraction of the action's dimensions at or beyond the bounds, unclipped.
+    saturated: [N] fraction of the action's dimensions at or beyond the bounds.
   """
 
   observations: jax.Array
@@ -226,22 +179,23 @@ def trace_episodes(
 ) -> tuple[Trace, Any]:
   """Runs one episode in each of `num_episodes` fresh envs and records every step.
 
-  The scan takes `env.max_episode_steps` steps, so every env ends its first episode within
-  it; steps after an env's first done are still taken (the env auto-resets) but not alive.
-  Two policies given the same key meet the same initial states and the same noise.
+  At most `env.max_episode_steps` steps, so every env ends its first episode; steps after an
+  env's first done are still taken (the env auto-resets) but not alive, and the loop stops as
+  soon as no env is alive: the entries of steps never taken are zero and not alive. Two
+  policies given the same key meet the same initial states and the same noise.
 
   Args:
-    policy: policy(obs [N, obs], key) -> action [N, act] (unclipped; the env clips).
+    policy: policy(obs [N, obs], key) -> action [N, act] as the env receives it.
     record: optional record(core state of env 0) -> what to keep of it before each step
       (e.g. render states for a video).
   Returns:
-    (trace [T, N, ...], the stacked records [T, ...] or None).
+    (trace [T, N, ...], the stacked records [T, ...] or None), T = env.max_episode_steps.
   """
   reset_key, policy_key = jax.random.split(key)
   state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+  keys = jax.random.split(policy_key, env.max_episode_steps)
 
-  def step(carry, step_key):
-    state, alive = carry
+  def step(state, alive, step_key):
     action = policy(state.obs, step_key)
     next_state = env_step(env, state, action)
     trace = Trace(
@@ -255,20 +209,61 @@ def trace_episodes(
     )
     # Env 0 before the step: its core is never an auto-reset one while it is alive.
     kept = record(jax.tree.map(lambda x: x[0], state.core)) if record is not None else None
-    return (next_state, alive & (next_state.done == 0)), (trace, kept)
+    return next_state, alive & (next_state.done == 0), (trace, kept)
 
-  carry = (state, jnp.ones((num_episodes,), bool))
-  _, (trace, kept) = jax.lax.scan(step, carry, jax.random.split(policy_key, env.max_episode_steps))
+  def cond(carry):
+    t, _, alive, _ = carry
+    return (t < env.max_episode_steps) & jnp.any(alive)
+
+  def body(carry):
+    t, state, alive, outputs = carry
+    state, next_alive, out = step(state, alive, keys[t])
+    outputs = jax.tree.map(lambda buffer, x: buffer.at[t].set(x), outputs, out)
+    return t + 1, state, next_alive, outputs
+
+  alive = jnp.ones((num_episodes,), bool)
+  shapes = jax.eval_shape(step, state, alive, keys[0])[2]
+  outputs = jax.tree.map(lambda s: jnp.zeros((env.max_episode_steps, *s.shape), s.dtype), shapes)
+  _, _, _, (trace, kept) = jax.lax.while_loop(cond, body, (0, state, alive, outputs))
   return trace, kept
 
 
-def summarize_trace(trace: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Per-episode results of a fetched trace (numpy arrays [T, N]); host side."""
-  alive = trace["alive"]
-  returns = np.sum(np.where(alive, trace["rewards"], 0.0), axis=0)
-  lengths = np.sum(alive, axis=0)
-  terminated = np.any(alive & trace["terminations"], axis=0)
-  truncated = np.any(alive & trace["truncations"], axis=0)
+class Episodes(NamedTuple):
+  """Each env's first episode in a trace.
+
+  Attributes:
+    returns: [N] undiscounted return.
+    lengths: [N] agent steps.
+    terminated: [N] ended by the task (a fall).
+    truncated: [N] cut by the time limit.
+    saturation: [] fraction of action dimensions at the bounds, over all their steps.
+  """
+
+  returns: jax.Array
+  lengths: jax.Array
+  terminated: jax.Array
+  truncated: jax.Array
+  saturation: jax.Array
+
+
+def first_episodes(trace: Trace) -> Episodes:
+  """The first episode of every env in a trace [T, N] (jnp; on the device or on numpy)."""
+  alive = trace.alive
+  return Episodes(
+    returns=jnp.sum(jnp.where(alive, trace.rewards, 0.0), axis=0),
+    lengths=jnp.sum(alive, axis=0),
+    terminated=jnp.any(alive & trace.terminations, axis=0),
+    truncated=jnp.any(alive & trace.truncations, axis=0),
+    saturation=jnp.sum(jnp.where(alive, trace.saturated, 0.0)) / jnp.sum(alive),
+  )
+
+
+def summarize(episodes: Episodes) -> dict[str, Any]:
+  """Fetched episodes as JSON-ready lists and their means (host side)."""
+  returns, lengths, terminated, truncated = (
+    np.asarray(x)
+    for x in (episodes.returns, episodes.lengths, episodes.terminated, episodes.truncated)
+  )
   return {
     "returns": returns.tolist(),
     "lengths": lengths.tolist(),
@@ -278,5 +273,5 @@ def summarize_trace(trace: dict[str, np.ndarray]) -> dict[str, Any]:
     "std_return": float(np.std(returns)),
     "mean_length": float(np.mean(lengths)),
     "termination_rate": float(np.mean(terminated)),
-    "action_saturation": float(np.sum(np.where(alive, trace["saturated"], 0.0)) / np.sum(alive)),
+    "action_saturation": float(episodes.saturation),
   }

@@ -1,9 +1,10 @@
-"""The host side of training: `train(config)`, the loop around the compiled chunk.
+"""The host side of training: `train(config)`, the loop around the compiled programs.
 
 A `Runner` owns everything a run does off the device: the run directory, resume, the records
-of every iteration and evaluation, the logger, checkpoints and the end-of-run health report.
-Each call of the compiled chunk runs `iterations_per_chunk` iterations on the device; the host
-fetches their metrics once, logs them, evaluates, and checkpoints when one is due.
+of every iteration and evaluation, the logger, checkpoints, the end-of-run health report and
+the wall-time accounting by phase (`ppo_jax.phases`). Each call of the compiled chunk runs
+`iterations_per_chunk` iterations on the device; the host fetches their metrics once, logs
+them, evaluates, and starts a checkpoint (written in the background) when one is due.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
-from ppo_jax import checkpoint, health, logger
+from ppo_jax import checkpoint, health, logger, phases
 from ppo_jax.config import PPOConfig
+from ppo_jax.monitor import PolicySnapshot
 from ppo_jax.networks import make_policy
+from ppo_jax.rollout import summarize
 from ppo_jax.step import (
   TrainState,
   init_state,
@@ -33,6 +37,7 @@ from ppo_jax.step import (
 from ppo_jax.types import ActorCriticParams
 
 Record = dict[str, Any]
+TIMINGS_FILE = "timings.json"
 
 
 class NonFiniteError(RuntimeError):
@@ -51,8 +56,8 @@ class TrainResult:
     policy: jittable deterministic policy(obs, key=None) -> action.
     state: the final TrainState (on the device).
     config: the config trained.
-    compile_seconds: time to compile the training chunk.
-    train_seconds: wall time of the training chunks (evaluations excluded).
+    timings: seconds per phase of this process's run ("env", "init", "compile/chunk",
+      "train", "eval", "checkpoint", "log", "analysis", ...), "unaccounted" and "wall".
     health: the health report (label counts, largest-KL update and its comparison, trends).
     run_dir: the run directory, if any.
   """
@@ -64,10 +69,48 @@ class TrainResult:
   policy: Callable[..., jax.Array]
   state: TrainState
   config: PPOConfig
-  compile_seconds: float
-  train_seconds: float
+  timings: dict[str, float]
   health: dict[str, Any]
   run_dir: Path | None = None
+
+  @property
+  def compile_seconds(self) -> float:
+    """Seconds spent compiling the run's programs."""
+    return sum(v for k, v in self.timings.items() if k.startswith("compile/"))
+
+  @property
+  def train_seconds(self) -> float:
+    """Seconds spent in the training chunks (evaluations and the rest excluded)."""
+    return self.timings.get("train", 0.0)
+
+
+def default_cache_dir() -> Path:
+  """Where compiled programs are kept between runs: $PPO_JAX_CACHE_DIR, else the user's cache
+  folder ($XDG_CACHE_HOME or ~/.cache)/ppo_jax/jax_compilation_cache."""
+  if os.environ.get("PPO_JAX_CACHE_DIR"):
+    return Path(os.environ["PPO_JAX_CACHE_DIR"])
+  base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+  return base / "ppo_jax" / "jax_compilation_cache"
+
+
+def use_compilation_cache(cache: bool | str | Path) -> str | None:
+  """Turns on JAX's persistent compilation cache for this process, so that a second run of the
+  same programs loads them instead of compiling them.
+
+  Args:
+    cache: True for `default_cache_dir()`, a directory, or False to leave JAX as it is. A cache
+      directory the process already set (JAX_COMPILATION_CACHE_DIR, jax.config) wins.
+  Returns:
+    The directory in use, or None.
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current or cache is False:
+    return current
+  directory = default_cache_dir() if cache is True else Path(cache)
+  directory.mkdir(parents=True, exist_ok=True)
+  compilation_cache.set_cache_dir(str(directory))
+  compilation_cache.reset_cache()  # takes effect even after earlier compilations
+  return str(directory)
 
 
 def records_to_arrays(records: list[Record], seeds: list[int]) -> dict[str, np.ndarray]:
@@ -128,29 +171,36 @@ class Runner:
 
   A single run is a panel of one seed: seed i's state is the state of a run of `cfg` with
   seed `seeds[i]`, stacked on a leading axis, and the compiled programs are vmapped over it.
+  Every step is timed as a phase of `self.phases`.
   """
 
   def __init__(self, cfg: PPOConfig, run_dir: Path | None, resume: bool, show_progress: bool):
     self.cfg, self.run_dir = cfg, run_dir
-    if run_dir is not None:
-      open_run_dir(run_dir, cfg, resume)
-    self.env, self.networks = make_env_and_networks(cfg)
+    self.phases = phases.Phases()
     self.seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
-    self.state = _stack(
-      [init_state(dataclasses.replace(cfg, seed=s), self.env, self.networks) for s in self.seeds]
-    )
-    # Apart from init_state's keys.
-    self.eval_key = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in self.seeds])
-    self.checkpoints = checkpoint.manager(run_dir, cfg.keep_checkpoints) if run_dir else None
-    panel = len(self.seeds) > 1
-    self.log = logger.RunLogger(run_dir, cfg.total_env_steps, show_progress, panel=panel)
+    with self.phases("setup", "the run directory"):
+      if run_dir is not None:
+        open_run_dir(run_dir, cfg, resume)
+      panel = len(self.seeds) > 1
+      self.log = logger.RunLogger(run_dir, cfg.total_env_steps, show_progress, panel=panel)
+      self.phases.message, self.phases.status = self.log.message, self.log.phase
+      self.checkpoints = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints) if run_dir else None
+    with self.phases("env", f"{cfg.env} to be built"):
+      self.env, self.networks = make_env_and_networks(cfg)
+    with self.phases("init", "the networks' initialization and the envs' resets"):
+      self.state = _stack(
+        [init_state(dataclasses.replace(cfg, seed=s), self.env, self.networks) for s in self.seeds]
+      )
+      # Apart from init_state's keys.
+      self.eval_key = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in self.seeds])
     self.records: list[Record] = []
     self.evals: list[Record] = []
     if resume:
-      self._resume()
+      with self.phases("restore", "the latest checkpoint to load"):
+        self._resume()
     self.alerts = health.LabelAlerts(cfg, self.records)
-    self.wall_time = self.records[-1]["wall_time"] if self.records else 0.0
-    self.compile_seconds = self.train_seconds = 0.0
+    # A resumed run's clock goes on from where its records stop.
+    self.wall_offset = self.records[-1]["wall_time"] if self.records else 0.0
 
   @property
   def iteration(self) -> int:
@@ -158,7 +208,7 @@ class Runner:
 
   def _resume(self) -> None:
     """Continues from the latest complete checkpoint, if there is one."""
-    restored = checkpoint.restore_latest(self.checkpoints, self.state)
+    restored = self.checkpoints.restore_latest(self.state)
     if restored is not None:
       self.state, host = restored
       self.eval_key = jnp.asarray(host["eval_key"], dtype=jnp.uint32)
@@ -169,59 +219,78 @@ class Runner:
     self.evals = self.log.evals.truncate(lambda r: restored is not None and r["env_steps"] <= steps)
     self.log.message(f"resuming {self.run_dir} at iteration {done} of {self.cfg.num_iterations}")
 
+  def _policies(self) -> PolicySnapshot:
+    """The panel's current policies, as the evaluator takes them."""
+    return PolicySnapshot(self.state.params.policy, self.state.normalizer)
+
   def compile(self) -> None:
-    """Compiles the training chunk (vmapped over the panel) ahead of the loop."""
+    """Compiles the training chunk and the evaluator (vmapped over the panel) ahead of the loop."""
     cfg = self.cfg
-    self.log.message(f"compiling the training chunk ({cfg.iterations_per_chunk} iterations) ...")
-    started = time.perf_counter()
-    chunk = jax.jit(jax.vmap(make_train_chunk(cfg, self.env, self.networks)), donate_argnums=0)
-    self.chunk = chunk.lower(self.state).compile()
-    self.evaluator = jax.jit(jax.vmap(make_evaluator(cfg, self.env, self.networks)))
-    self.compile_seconds = time.perf_counter() - started
-    self.log.message(f"compiled the training chunk in {self.compile_seconds:.1f} s")
+    what = f"XLA to compile the training chunk ({cfg.iterations_per_chunk} iterations)"
+    with self.phases("compile/chunk", what):
+      chunk = jax.jit(jax.vmap(make_train_chunk(cfg, self.env, self.networks)), donate_argnums=0)
+      self.chunk = chunk.lower(self.state).compile()
+    with self.phases("compile/evaluator", "XLA to compile the evaluator"):
+      evaluator = jax.jit(jax.vmap(make_evaluator(cfg, self.env, self.networks)))
+      self.evaluator = evaluator.lower(self._policies(), self.eval_key).compile()
+    seconds = sum(v for k, v in self.phases.totals.items() if k.startswith("compile/"))
+    self.log.message(f"compiled the training chunk and the evaluator in {seconds:.1f} s")
+
+  def wall_time(self) -> float:
+    """Seconds since the run started, across resumes."""
+    return self.wall_offset + self.phases.wall()
 
   def evaluate(self) -> list[Record]:
-    """Evaluates every seed's policy; one record per seed."""
-    keys = jax.vmap(jax.random.split)(self.eval_key)
-    self.eval_key = keys[:, 0]
-    metrics = jax.device_get(self.evaluator(self.state, keys[:, 1]))
-    env_steps = self.iteration * self.cfg.env_steps_per_iteration
-    records = [
-      {"env_steps": env_steps, "wall_time": self.wall_time, "seed": seed}
-      | {name: logger.jsonable(value[i]) for name, value in metrics.items()}
-      for i, seed in enumerate(self.seeds)
-    ]
-    for record in records:
-      self.evals.append(record)
-      self.log.log_eval(record)
+    """Evaluates every seed's policy (its mean action, one episode per env); a record per seed."""
+    with self.phases("eval", f"{self.cfg.num_eval_envs} evaluation episodes"):
+      keys = jax.vmap(jax.random.split)(self.eval_key)
+      self.eval_key = keys[:, 0]
+      episodes = jax.device_get(self.evaluator(self._policies(), keys[:, 1])[0])
+    with self.phases("log", "evals.jsonl and TensorBoard"):
+      env_steps = self.iteration * self.cfg.env_steps_per_iteration
+      records = []
+      for i, seed in enumerate(self.seeds):
+        summary = summarize(_index(episodes, i))
+        records.append(
+          {"env_steps": env_steps, "wall_time": self.wall_time(), "seed": seed}
+          | {f"eval/{name}": summary[key] for name, key in EVAL_FIELDS.items()}
+        )
+      for record in records:
+        self.evals.append(record)
+        self.log.log_eval(record)
     return records
 
   def train_chunk(self, index: int) -> list[Record]:
-    """Runs chunk `index` on the device and logs its iterations; their records, by seed."""
-    started = time.perf_counter()
-    self.state, metrics = self.chunk(self.state)
-    metrics = jax.device_get(metrics)  # [seeds, iterations, ...]
-    seconds = time.perf_counter() - started
-    self.train_seconds += seconds
-    self.wall_time += seconds
+    """Runs chunk `index` on the device and logs its iterations; their records, by seed.
+
+    Each record also holds "time/<phase>": the seconds of each phase since the previous
+    chunk's records (that chunk's evaluation and checkpoint, then this chunk).
+    """
     cfg, count = self.cfg, self.cfg.iterations_per_chunk
-    iterations = np.arange(index * count + 1, (index + 1) * count + 1)
-    common = {
-      "iteration": iterations,
-      "env_steps": iterations * cfg.env_steps_per_iteration,
-      "wall_time": np.full(count, self.wall_time),
-      "sps": np.full(count, count * cfg.env_steps_per_iteration * len(self.seeds) / seconds),
-    }
-    per_seed = [
-      logger.iteration_records({**common, **_index(metrics, i)}) for i in range(len(self.seeds))
-    ]
-    records = [
-      {**per_seed[i][k], "seed": seed} for k in range(count) for i, seed in enumerate(self.seeds)
-    ]
-    self.records.extend(records)
-    self.log.log_iterations(records)
-    for line in self.alerts.update(records):
-      self.log.message(line)
+    with self.phases("train", f"chunk {index + 1} of {cfg.num_chunks} on the device"):
+      started = time.perf_counter()
+      self.state, metrics = self.chunk(self.state)
+      metrics = jax.device_get(metrics)  # [seeds, iterations, ...]
+      seconds = time.perf_counter() - started
+    with self.phases("log", "metrics.jsonl and TensorBoard"):
+      iterations = np.arange(index * count + 1, (index + 1) * count + 1)
+      common = {
+        "iteration": iterations,
+        "env_steps": iterations * cfg.env_steps_per_iteration,
+        "wall_time": np.full(count, self.wall_time()),
+        "sps": np.full(count, count * cfg.env_steps_per_iteration * len(self.seeds) / seconds),
+      }
+      common |= {f"time/{k}": np.full(count, v) for k, v in self.phases.lap().items()}
+      per_seed = [
+        logger.iteration_records({**common, **_index(metrics, i)}) for i in range(len(self.seeds))
+      ]
+      records = [
+        {**per_seed[i][k], "seed": seed} for k in range(count) for i, seed in enumerate(self.seeds)
+      ]
+      self.records.extend(records)
+      self.log.log_iterations(records)
+      for line in self.alerts.update(records):
+        self.log.message(line)
     return records
 
   def check_finite(self, records: list[Record]) -> None:
@@ -246,8 +315,11 @@ class Runner:
     )
 
   def save_checkpoint(self) -> None:
-    host = {"eval_key": np.asarray(self.eval_key).tolist(), "config": self.cfg.to_dict()}
-    checkpoint.save(self.checkpoints, self.iteration, self.state, host)
+    """Starts a checkpoint of the state; it is written while the next chunk trains."""
+    what = "the previous checkpoint's write, then the state's copy to host memory"
+    with self.phases("checkpoint", what):
+      host = {"eval_key": np.asarray(self.eval_key).tolist(), "config": self.cfg.to_dict()}
+      self.checkpoints.save(self.iteration, self.state, host)
 
   def learn(self, progress_fn: Callable[[Record], None] | None) -> None:
     """The loop: chunk, records, evaluation, checkpoint when due, to the last chunk."""
@@ -270,6 +342,9 @@ class Runner:
         last_checkpoint = self.iteration
       if progress_fn is not None:
         progress_fn({**records[-1], **evals[-1]})
+    if self.checkpoints is not None:
+      with self.phases("checkpoint", "the last checkpoint's write"):
+        self.checkpoints.wait()
 
   def write_health(self, comparisons: list[dict[str, Any] | None] | None = None) -> Record:
     report = health.panel_report(self.cfg, self.seeds, self.records, comparisons)
@@ -279,18 +354,27 @@ class Runner:
 
   def finish(self) -> Record:
     """The end-of-run analysis: each seed's largest-KL comparison and the health report."""
-    comparisons = [
-      health.compare_largest_kl(
-        self.cfg,
-        self.env,
-        self.networks,
-        _index(self.state.monitor, i),
-        jax.random.fold_in(jax.random.PRNGKey(seed), 2),
-        health.largest_kl_dir(self.run_dir, seed, len(self.seeds)),
-      )
-      for i, seed in enumerate(self.seeds)
-    ]
-    report = self.write_health(comparisons)
+    monitor = self.state.monitor
+    with self.phases("analysis", "the policies around the largest-KL update to run"):
+      if np.any(np.asarray(monitor.largest_kl_iteration) > 0):
+        keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 2) for s in self.seeds])
+        before = jax.device_get(self.evaluator(monitor.before, keys))
+        after = jax.device_get(self.evaluator(monitor.after, keys))
+      comparisons = [
+        health.compare_largest_kl(
+          self.cfg,
+          _index(monitor, i),
+          _index(before, i),
+          _index(after, i),
+          health.largest_kl_dir(self.run_dir, seed, len(self.seeds)),
+          self.env.observation_size,
+          self.env.action_size,
+        )
+        if int(monitor.largest_kl_iteration[i]) > 0
+        else None
+        for i, seed in enumerate(self.seeds)
+      ]
+      report = self.write_health(comparisons)
     self.log.message(health.format_report(report))
     return report
 
@@ -299,14 +383,19 @@ class Runner:
     policy, also the one saved in the run directory, is the first seed's)."""
     first = _index(self.state, 0)
     if self.run_dir is not None:
-      checkpoint.save_policy(
-        self.run_dir,
-        self.cfg,
-        self.env.observation_size,
-        self.env.action_size,
-        first.params.policy,
-        first.normalizer,
-      )
+      with self.phases("save", "the final policy to be written"):
+        checkpoint.save_policy(
+          self.run_dir,
+          self.cfg,
+          self.env.observation_size,
+          self.env.action_size,
+          first.params.policy,
+          first.normalizer,
+        )
+    timings = self.phases.summary()
+    if self.run_dir is not None:
+      (self.run_dir / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
+    self.log.message(phases.format_table(timings))
     state = first if len(self.seeds) == 1 else self.state
     return TrainResult(
       params=state.params,
@@ -316,11 +405,20 @@ class Runner:
       policy=make_policy(self.networks, first.params.policy, first.normalizer),
       state=state,
       config=self.cfg,
-      compile_seconds=self.compile_seconds,
-      train_seconds=self.train_seconds,
+      timings=timings,
       health=report,
       run_dir=self.run_dir,
     )
+
+
+# Evaluation record field -> the `rollout.summarize` entry it holds.
+EVAL_FIELDS = {
+  "episode_return": "mean_return",
+  "episode_return_std": "std_return",
+  "episode_length": "mean_length",
+  "termination_rate": "termination_rate",
+  "action_saturation": "action_saturation",
+}
 
 
 def train(
@@ -330,25 +428,32 @@ def train(
   resume: bool = False,
   show_progress: bool = True,
   progress_fn: Callable[[Record], None] | None = None,
+  compilation_cache: bool | str | Path = True,
 ) -> TrainResult:
   """Trains as configured; the only place, with `logger`, that has host side effects.
 
   Args:
     cfg: the run's configuration (already validated by its constructor).
-    run_dir: where config.json, metrics.jsonl, evals.jsonl, TensorBoard events, checkpoints
-      and the final policy go; None keeps everything in memory. Never overwritten.
+    run_dir: where config.json, metrics.jsonl, evals.jsonl, TensorBoard events, checkpoints,
+      timings.json and the final policy go; None keeps everything in memory. Never
+      overwritten.
     resume: continue the run in `run_dir` from its latest complete checkpoint; the result
       is the same as if the run had never stopped.
     show_progress: a progress bar and a line per evaluation on the console.
     progress_fn: called after each evaluation with a flat dict of the latest metrics.
+    compilation_cache: JAX's persistent compilation cache (see `use_compilation_cache`): on by
+      default, in the user's cache folder; a directory; or False.
   """
   if resume and run_dir is None:
     raise ValueError("resume=True needs the run_dir to resume")
+  use_compilation_cache(compilation_cache)
   runner = Runner(cfg, Path(run_dir) if run_dir is not None else None, resume, show_progress)
   try:
     runner.compile()
     runner.learn(progress_fn)
     report = runner.finish()
+    return runner.result(report)
   finally:
+    if runner.checkpoints is not None:
+      runner.checkpoints.wait()
     runner.log.close()
-  return runner.result(report)

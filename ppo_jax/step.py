@@ -26,7 +26,7 @@ import envs
 from ppo_jax import diagnostics, losses, monitor, normalization, rollout, trpo, update
 from ppo_jax.config import PPOConfig
 from ppo_jax.gae import compute_gae
-from ppo_jax.networks import ActorCritic, make_actor_critic
+from ppo_jax.networks import ActorCritic, make_actor_critic, make_policy
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.rollout import EpisodeStats
 from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params, Transition
@@ -327,19 +327,17 @@ def make_train_chunk(
 
 def make_evaluator(
   cfg: PPOConfig, env: envs.Environment, networks: ActorCritic
-) -> Callable[[TrainState, jax.Array], Metrics]:
-  """Returns evaluate(state, key) -> eval metrics of the current policy (one episode per env)."""
+) -> Callable[[monitor.PolicySnapshot, jax.Array], tuple[rollout.Episodes, rollout.Trace]]:
+  """Returns evaluate(policy snapshot, key) -> (its first episodes, the trace [T, N, ...]).
 
-  def run(state: TrainState, key: jax.Array) -> Metrics:
-    metrics = rollout.evaluate(
-      env,
-      networks,
-      state.params.policy,
-      state.normalizer,
-      key,
-      cfg.num_eval_envs,
-      cfg.deterministic_eval,
-    )
-    return {f"eval/{name}": value for name, value in metrics._asdict().items()}
+  One episode in each of `num_eval_envs` fresh envs, with the mode of the policy when
+  `deterministic_eval`. The same program evaluates the current policy during training and
+  the policies around the largest-KL update at the end.
+  """
 
-  return run
+  def evaluate(snapshot: monitor.PolicySnapshot, key: jax.Array):
+    policy = make_policy(networks, snapshot.policy, snapshot.normalizer, cfg.deterministic_eval)
+    trace, _ = rollout.trace_episodes(env, policy, key, cfg.num_eval_envs)
+    return rollout.first_episodes(trace), trace
+
+  return evaluate

@@ -1,4 +1,5 @@
-"""Checkpoint round trips: every leaf back bit for bit, zero-size arrays included."""
+"""Checkpoint round trips: every leaf back bit for bit, zero-size arrays included, and a
+background save that keeps the state as it was when `save` returned."""
 
 import chex
 import jax
@@ -14,12 +15,12 @@ def test_round_trip_keeps_every_leaf_including_zero_size_ones(tmp_path):
     "key": jax.random.PRNGKey(7),
     "iteration": jnp.int32(3),
   }
-  mngr = checkpoint.manager(tmp_path, keep=2)
-  assert checkpoint.restore_latest(mngr, state) is None
+  checkpoints = checkpoint.Checkpointer(tmp_path, keep=2)
+  assert checkpoints.restore_latest(state) is None
   for step in (1, 2, 3):
-    checkpoint.save(mngr, step, jax.tree.map(lambda x, s=step: x + s, state), {"step": step})
+    checkpoints.save(step, jax.tree.map(lambda x, s=step: x + s, state), {"step": step})
   like = jax.tree.map(jnp.zeros_like, state)
-  restored, host = checkpoint.restore_latest(mngr, like)
+  restored, host = checkpoints.restore_latest(like)
   chex.assert_trees_all_equal(restored, jax.tree.map(lambda x: x + 3, state))
   assert restored["act"].shape == (4, 0)
   assert host == {"step": 3}
@@ -27,3 +28,17 @@ def test_round_trip_keeps_every_leaf_including_zero_size_ones(tmp_path):
     "2",
     "3",
   ]
+
+
+def test_a_background_save_holds_the_state_of_its_call(tmp_path):
+  # The next chunk takes the state's buffers (donation) and overwrites them while the save is
+  # still being written: the checkpoint must still hold the values saved.
+  state = {"w": jnp.arange(1_000_000, dtype=jnp.float32)}
+  expected = jax.device_get(state)
+  checkpoints = checkpoint.Checkpointer(tmp_path, keep=2)
+  checkpoints.save(1, state, {"step": 1})
+  overwrite = jax.jit(lambda s: jax.tree.map(lambda x: x * 0 - 1, s), donate_argnums=0)
+  state = jax.block_until_ready(overwrite(state))
+  checkpoints.wait()
+  restored, _ = checkpoint.Checkpointer(tmp_path, keep=2).restore_latest(state)
+  chex.assert_trees_all_equal(restored, expected)

@@ -12,7 +12,7 @@ from tiny import tiny
 
 from experiments import evaluate
 from ppo_jax import checkpoint, normalization, train
-from ppo_jax.rollout import summarize_trace
+from ppo_jax.rollout import Trace, first_episodes, summarize
 from ppo_jax.step import make_env_and_networks
 
 TRACE_FIELDS = (
@@ -48,13 +48,15 @@ def snapshot(folder):
 def test_summarize_hand_computed_trace():
   # T = 4, N = 2: env 0 terminates at step 1 (then resets), env 1 is truncated at step 3.
   trace = {
+    "observations": np.zeros((4, 2, 1), np.float32),
+    "actions": np.zeros((4, 2, 1), np.float32),
     "rewards": np.array([[1.0, 0.5], [2.0, 0.5], [7.0, 0.5], [7.0, 0.5]], np.float32),
     "terminations": np.array([[0, 0], [1, 0], [0, 0], [1, 0]], bool),
     "truncations": np.array([[0, 0], [0, 0], [0, 0], [0, 1]], bool),
     "alive": np.array([[1, 1], [1, 1], [0, 1], [0, 1]], bool),
     "saturated": np.array([[1.0, 0.0], [0.5, 0.0], [1.0, 0.0], [1.0, 0.0]], np.float32),
   }
-  results = summarize_trace(trace)
+  results = summarize(first_episodes(Trace(**trace)))
   assert results["returns"] == [3.0, 2.0]
   assert results["lengths"] == [2, 4]
   assert results["terminated"] == [True, False] and results["truncated"] == [False, True]

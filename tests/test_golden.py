@@ -23,6 +23,7 @@ import pytest
 from tiny import tiny
 
 from ppo_jax import train
+from ppo_jax.logger import is_timing
 
 GOLDEN = Path(__file__).parent / "golden"
 CONFIGS = {
@@ -36,7 +37,6 @@ CONFIGS = {
   "trpo": tiny(num_evals=2, algorithm="trpo", action_std_type="parameter"),
 }
 STATE_PARTS = ("params", "opt_state", "normalizer", "learning_rate", "env_state", "key", "monitor")
-TIMING = ("wall_time", "sps")
 
 
 def platform() -> str:
@@ -54,8 +54,8 @@ def platform() -> str:
 def snapshot(name: str) -> dict[str, np.ndarray]:
   """What `train` returns for CONFIGS[name], as flat numpy arrays."""
   result = train(CONFIGS[name], show_progress=False)
-  arrays = {f"metrics/{k}": np.asarray(v) for k, v in result.metrics.items() if k not in TIMING}
-  arrays |= {f"evals/{k}": np.asarray(v) for k, v in result.evals.items() if k not in TIMING}
+  arrays = {f"metrics/{k}": np.asarray(v) for k, v in result.metrics.items() if not is_timing(k)}
+  arrays |= {f"evals/{k}": np.asarray(v) for k, v in result.evals.items() if not is_timing(k)}
   for part in STATE_PARTS:
     leaves = jax.tree.leaves(jax.device_get(getattr(result.state, part)))
     arrays |= {f"state/{part}/{i:03d}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
