@@ -15,6 +15,7 @@ and `wait`, first wait for the one in flight and raise its failure.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -114,7 +115,7 @@ class Checkpointer:
       cause = _os_error(error)
       if cause is None:
         raise
-      raise OSError(cause.errno, _save_failure(self.manager, step, cause)) from error
+      raise OSError(cause.errno, _save_failure(self.directory, step, cause)) from error
 
   def restore_latest(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
     """The latest complete checkpoint as (state, host), `state` shaped like `like`; None if none.
@@ -143,7 +144,8 @@ def _join(threads: set[threading.Thread], timeout: float) -> None:
   """Waits for `threads` to end, `timeout` seconds at most in all."""
   deadline = time.monotonic() + timeout
   for thread in threads:
-    thread.join(max(0.0, deadline - time.monotonic()))
+    with contextlib.suppress(Exception):  # orbax's threads re-raise their failure at join
+      thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _os_error(error: BaseException | None) -> OSError | None:
@@ -163,11 +165,11 @@ def _remove_partial(directory: Any, step: int) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _save_failure(mngr: ocp.CheckpointManager, step: int, cause: OSError) -> str:
+def _save_failure(directory: Any, step: int, cause: OSError) -> str:
   """What failed, where, and which checkpoint a resume would continue from."""
   what = "disk full" if cause.errno in (errno.ENOSPC, errno.EDQUOT) else "could not write"
-  mngr.reload()  # the steps on disk, not the ones this manager meant to write
-  steps = mngr.all_steps()
+  # The complete checkpoints on disk (orbax renames each to its step when it is complete).
+  steps = [int(path.name) for path in Path(directory).iterdir() if path.name.isdigit()]
   if step in steps:  # the failure came after the checkpoint was complete
     left = f"checkpoint {step} itself is complete"
   elif steps:
@@ -175,7 +177,9 @@ def _save_failure(mngr: ocp.CheckpointManager, step: int, cause: OSError) -> str
   else:
     left = "there is no earlier checkpoint, so a resume starts the run over"
   reason = cause.strerror or os.strerror(cause.errno)
-  return f"{what} ({reason}) while saving checkpoint {step} to {mngr.directory / str(step)}; {left}"
+  return (
+    f"{what} ({reason}) while saving checkpoint {step} to {Path(directory) / str(step)}; {left}"
+  )
 
 
 def _host_like(leaf: Any) -> Any:
