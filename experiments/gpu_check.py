@@ -82,9 +82,9 @@ def end_to_end(small: bool, timeout: float, out: Path) -> int:
   print(f"end-to-end: exit {code} after {time.perf_counter() - started:.0f} s", flush=True)
   timings = run_dir / "timings.json"
   if timings.exists():
-    phases = json.loads(timings.read_text())
-    after_compile = phases["wall"] - sum(v for k, v in phases.items() if k.startswith("compile/"))
-    after_compile -= phases.get("env", 0.0) + phases.get("init", 0.0) + phases.get("setup", 0.0)
+    phases = json.loads(timings.read_text())["phases"]
+    before = ("setup", "env", "compile", "init")
+    after_compile = phases["wall"] - sum(phases.get(name, 0.0) for name in before)
     share = phases.get("train", 0.0) / after_compile if after_compile > 0 else float("nan")
     print(f"training chunks: {share:.0%} of the wall after compilation (timings.json)")
   return code

@@ -118,7 +118,8 @@ class Checkpointer:
       raise OSError(cause.errno, _save_failure(self.directory, step, cause)) from error
 
   def restore_latest(self, like: Any) -> tuple[Any, dict[str, Any]] | None:
-    """The latest complete checkpoint as (state, host), `state` shaped like `like`; None if none.
+    """The latest complete checkpoint as (state, host), `state` shaped like `like` (arrays or
+    `jax.ShapeDtypeStruct`s); None if there is none.
 
     Arrays are read to the host, then put on the default device as a fresh state's are (not
     committed to it), so a resumed run lowers to the very program a fresh one does:
@@ -136,7 +137,10 @@ class Checkpointer:
     )
     leaves, treedef = jax.tree.flatten(like)
     data = jax.tree.map(jnp.asarray, restored.state)
-    leaves = [data[f"{i:06d}"] if np.size(leaf) else leaf for i, leaf in enumerate(leaves)]
+    leaves = [
+      data[f"{i:06d}"] if np.size(leaf) else jnp.zeros(np.shape(leaf), leaf.dtype)
+      for i, leaf in enumerate(leaves)
+    ]
     return jax.tree.unflatten(treedef, leaves), restored.host
 
 

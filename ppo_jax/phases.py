@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 ORDER = (
   "setup",
   "env",
-  "init",
-  "restore",
   "compile",
+  "restore",
+  "init",
   "train",
   "eval",
   "checkpoint",

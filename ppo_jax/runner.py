@@ -9,7 +9,9 @@ them, evaluates, and starts a checkpoint (written in the background) when one is
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -56,8 +58,10 @@ class TrainResult:
     policy: jittable deterministic policy(obs, key=None) -> action.
     state: the final TrainState (on the device).
     config: the config trained.
-    timings: seconds per phase of this process's run ("env", "init", "compile/chunk",
-      "train", "eval", "checkpoint", "log", "analysis", ...), "unaccounted" and "wall".
+    timings: seconds per phase of this process's run ("setup", "env", "compile", "init",
+      "train", "eval", "checkpoint", "log", "analysis", "save"), "unaccounted" and "wall".
+    compile_times: seconds each program took to compile ("init", "chunk", "evaluator"); they
+      compile side by side, within the "compile" phase.
     health: the health report (label counts, largest-KL update and its comparison, trends).
     run_dir: the run directory, if any.
   """
@@ -70,13 +74,14 @@ class TrainResult:
   state: TrainState
   config: PPOConfig
   timings: dict[str, float]
+  compile_times: dict[str, float]
   health: dict[str, Any]
   run_dir: Path | None = None
 
   @property
   def compile_seconds(self) -> float:
-    """Seconds spent compiling the run's programs."""
-    return sum(v for k, v in self.timings.items() if k.startswith("compile/"))
+    """Wall seconds spent compiling the run's programs."""
+    return self.timings.get("compile", 0.0)
 
   @property
   def train_seconds(self) -> float:
@@ -125,8 +130,14 @@ def records_to_arrays(records: list[Record], seeds: list[int]) -> dict[str, np.n
   return {name: np.stack([a[name] for a in per_seed]) for name in per_seed[0]}
 
 
-def _stack(trees: list[Any]) -> Any:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+def _policies(state: TrainState) -> PolicySnapshot:
+  """A panel's current policies, as the evaluator takes them."""
+  return PolicySnapshot(state.params.policy, state.normalizer)
+
+
+def _timed_compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, float]:
+  started = time.perf_counter()
+  return lowered.compile(), time.perf_counter() - started
 
 
 def _index(tree: Any, i: int) -> Any:
@@ -175,7 +186,7 @@ class Runner:
   """
 
   def __init__(self, cfg: PPOConfig, run_dir: Path | None, resume: bool, show_progress: bool):
-    self.cfg, self.run_dir = cfg, run_dir
+    self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
     self.phases = phases.Phases()
     self.seeds = [cfg.seed + i for i in range(cfg.num_seeds)]
     with self.phases("setup", "the run directory"):
@@ -187,54 +198,67 @@ class Runner:
       self.checkpoints = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints) if run_dir else None
     with self.phases("env", f"{cfg.env} to be built"):
       self.env, self.networks = make_env_and_networks(cfg)
-    with self.phases("init", "the networks' initialization and the envs' resets"):
-      self.state = _stack(
-        [init_state(dataclasses.replace(cfg, seed=s), self.env, self.networks) for s in self.seeds]
-      )
-      # Apart from init_state's keys.
-      self.eval_key = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in self.seeds])
+    self.seed_keys = jnp.stack([jax.random.PRNGKey(s) for s in self.seeds])
+    # Apart from init_state's keys.
+    self.eval_key = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in self.seeds])
     self.records: list[Record] = []
     self.evals: list[Record] = []
-    if resume:
-      with self.phases("restore", "the latest checkpoint to load"):
-        self._resume()
-    self.alerts = health.LabelAlerts(cfg, self.records)
-    # A resumed run's clock goes on from where its records stop.
-    self.wall_offset = self.records[-1]["wall_time"] if self.records else 0.0
+    self.wall_offset = 0.0
 
   @property
   def iteration(self) -> int:
     return int(self.state.iteration[0])  # all seeds move together
 
-  def _resume(self) -> None:
-    """Continues from the latest complete checkpoint, if there is one."""
-    restored = self.checkpoints.restore_latest(self.state)
-    if restored is not None:
+  def compile(self) -> None:
+    """Compiles the initial state, the training chunk and the evaluator (each vmapped over the
+    panel) ahead of the loop, side by side: XLA compiles each on a thread of its own."""
+    cfg, env, networks = self.cfg, self.env, self.networks
+    what = "XLA to compile the initial state, the training chunk and the evaluator"
+    with self.phases("compile", what):
+      init = jax.jit(jax.vmap(functools.partial(init_state, cfg, env, networks)))
+      state = jax.eval_shape(init, self.seed_keys)
+      chunk = jax.jit(jax.vmap(make_train_chunk(cfg, env, networks)), donate_argnums=0)
+      evaluator = jax.jit(jax.vmap(make_evaluator(cfg, env, networks)))
+      lowered = {
+        "init": init.lower(self.seed_keys),
+        "chunk": chunk.lower(state),
+        "evaluator": evaluator.lower(_policies(state), self.eval_key),
+      }
+      with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+        compiled = {name: pool.submit(_timed_compile, low) for name, low in lowered.items()}
+        compiled = {name: future.result() for name, future in compiled.items()}
+    self.abstract_state = state
+    self.init, self.chunk, self.evaluator = (compiled[n][0] for n in ("init", "chunk", "evaluator"))
+    self.compile_seconds = {name: seconds for name, (_, seconds) in compiled.items()}
+    self.log.message(
+      f"compiled in {self.phases.totals['compile']:.1f} s: "
+      + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.compile_seconds.items())
+    )
+
+  def start(self) -> None:
+    """The state to train from: the latest checkpoint of a resumed run, else a fresh one."""
+    restored = None
+    if self.resume:
+      with self.phases("restore", "the latest checkpoint to load"):
+        restored = self.checkpoints.restore_latest(self.abstract_state)
+    if restored is None:
+      with self.phases("init", "the networks' initialization and the envs' resets"):
+        self.state = self.init(self.seed_keys)
+    else:
       self.state, host = restored
       self.eval_key = jnp.asarray(host["eval_key"], dtype=jnp.uint32)
-    done, steps = self.iteration, self.iteration * self.cfg.env_steps_per_iteration
-    # Records written after the checkpoint belong to work that is redone now (with no
-    # checkpoint at all, that includes the first evaluation).
-    self.records = self.log.metrics.truncate(lambda r: r["iteration"] <= done)
-    self.evals = self.log.evals.truncate(lambda r: restored is not None and r["env_steps"] <= steps)
-    self.log.message(f"resuming {self.run_dir} at iteration {done} of {self.cfg.num_iterations}")
-
-  def _policies(self) -> PolicySnapshot:
-    """The panel's current policies, as the evaluator takes them."""
-    return PolicySnapshot(self.state.params.policy, self.state.normalizer)
-
-  def compile(self) -> None:
-    """Compiles the training chunk and the evaluator (vmapped over the panel) ahead of the loop."""
-    cfg = self.cfg
-    what = f"XLA to compile the training chunk ({cfg.iterations_per_chunk} iterations)"
-    with self.phases("compile/chunk", what):
-      chunk = jax.jit(jax.vmap(make_train_chunk(cfg, self.env, self.networks)), donate_argnums=0)
-      self.chunk = chunk.lower(self.state).compile()
-    with self.phases("compile/evaluator", "XLA to compile the evaluator"):
-      evaluator = jax.jit(jax.vmap(make_evaluator(cfg, self.env, self.networks)))
-      self.evaluator = evaluator.lower(self._policies(), self.eval_key).compile()
-    seconds = sum(v for k, v in self.phases.totals.items() if k.startswith("compile/"))
-    self.log.message(f"compiled the training chunk and the evaluator in {seconds:.1f} s")
+    if self.resume:
+      done, steps = self.iteration, self.iteration * self.cfg.env_steps_per_iteration
+      # Records written after the checkpoint belong to work that is redone now (with no
+      # checkpoint at all, that includes the first evaluation).
+      self.records = self.log.metrics.truncate(lambda r: r["iteration"] <= done)
+      self.evals = self.log.evals.truncate(
+        lambda r: restored is not None and r["env_steps"] <= steps
+      )
+      self.log.message(f"resuming {self.run_dir} at iteration {done} of {self.cfg.num_iterations}")
+    self.alerts = health.LabelAlerts(self.cfg, self.records)
+    # A resumed run's clock goes on from where its records stop.
+    self.wall_offset = self.records[-1]["wall_time"] if self.records else 0.0
 
   def wall_time(self) -> float:
     """Seconds since the run started, across resumes."""
@@ -245,7 +269,7 @@ class Runner:
     with self.phases("eval", f"{self.cfg.num_eval_envs} evaluation episodes"):
       keys = jax.vmap(jax.random.split)(self.eval_key)
       self.eval_key = keys[:, 0]
-      episodes = jax.device_get(self.evaluator(self._policies(), keys[:, 1])[0])
+      episodes = jax.device_get(self.evaluator(_policies(self.state), keys[:, 1])[0])
     with self.phases("log", "evals.jsonl and TensorBoard"):
       env_steps = self.iteration * self.cfg.env_steps_per_iteration
       records = []
@@ -394,7 +418,8 @@ class Runner:
         )
     timings = self.phases.summary()
     if self.run_dir is not None:
-      (self.run_dir / TIMINGS_FILE).write_text(json.dumps(timings, indent=2) + "\n")
+      record = {"phases": timings, "compile": self.compile_seconds}
+      (self.run_dir / TIMINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
     self.log.message(phases.format_table(timings))
     state = first if len(self.seeds) == 1 else self.state
     return TrainResult(
@@ -406,6 +431,7 @@ class Runner:
       state=state,
       config=self.cfg,
       timings=timings,
+      compile_times=self.compile_seconds,
       health=report,
       run_dir=self.run_dir,
     )
@@ -450,6 +476,7 @@ def train(
   runner = Runner(cfg, Path(run_dir) if run_dir is not None else None, resume, show_progress)
   try:
     runner.compile()
+    runner.start()
     runner.learn(progress_fn)
     report = runner.finish()
     return runner.result(report)

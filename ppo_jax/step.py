@@ -73,9 +73,11 @@ def make_env_and_networks(cfg: PPOConfig) -> tuple[envs.Environment, ActorCritic
   return env, make_actor_critic(cfg, env.observation_size, env.action_size)
 
 
-def init_state(cfg: PPOConfig, env: envs.Environment, networks: ActorCritic) -> TrainState:
-  """Fresh train state for `cfg.seed`; everything on the device."""
-  key = jax.random.PRNGKey(cfg.seed)
+def init_state(
+  cfg: PPOConfig, env: envs.Environment, networks: ActorCritic, key: jax.Array | None = None
+) -> TrainState:
+  """Fresh train state from `key` (by default `cfg.seed`'s); jittable and vmappable over keys."""
+  key = jax.random.PRNGKey(cfg.seed) if key is None else key
   key, params_key, env_key = jax.random.split(key, 3)
   params = networks.init(params_key)
   normalizer = normalization.init(env.observation_size)
