@@ -11,12 +11,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 
 import envs
 from experiments.plot import plot_runs
 from experiments.presets import PRESETS
-from ppo_jax import PPOConfig, logger, train
+from ppo_jax import PPOConfig, logger, sharding, train
 
 
 def parse_value(text: str):
@@ -31,6 +32,10 @@ def parse_value(text: str):
   except json.JSONDecodeError:
     return text
   return tuple(value) if isinstance(value, list) else value
+
+
+# The options passed on to `sharding.initialize_distributed` (jax.distributed.initialize's names).
+DISTRIBUTED = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout_seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument(
     "--no_compilation_cache", action="store_true", help="compile everything anew, cache nothing"
+  )
+  several = parser.add_argument_group(
+    "several processes (hosts)",
+    "jax.distributed.initialize's parameters; start one process per host with the same "
+    "--run_dir, which must be on a file system every host sees. With none given on a cluster "
+    "JAX detects (SLURM, Open MPI), its own detection is used.",
+  )
+  several.add_argument("--coordinator_address", metavar="HOST:PORT", default=None)
+  several.add_argument("--num_processes", type=int, default=None)
+  several.add_argument("--process_id", type=int, default=None)
+  several.add_argument(
+    "--heartbeat_timeout_seconds",
+    type=int,
+    default=30,
+    help="a process silent this long makes the others stop with an error",
   )
   for field in dataclasses.fields(PPOConfig):
     parser.add_argument(
@@ -93,7 +113,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOCo
   """
   args = dict(args)
   preset, runs, run_dir, resume = (args.pop(k) for k in ("preset", "runs", "run_dir", "resume"))
-  for name in ("list", "compilation_cache", "no_compilation_cache"):
+  for name in ("list", "compilation_cache", "no_compilation_cache", *DISTRIBUTED):
     args.pop(name, None)
   if resume is not None:
     if args:
@@ -128,14 +148,22 @@ def main(argv: list[str] | None = None) -> Path | None:
     for name, cfg in PRESETS.items():
       print(f"{name:<32} {cfg.env:<32} {cfg.num_timesteps:>12,d} steps")
     return None
+  several = sharding.initialize_distributed(**{name: args[name] for name in DISTRIBUTED})
+  if several and args["run_dir"] is None and args["resume"] is None:
+    parser.error("several processes need the same --run_dir (or --resume RUN_DIR) in each")
   cfg, run_dir, resume = config_from_args(parser, args)
-  print(
-    f"run directory: {run_dir}\n{cfg.env}: {cfg.total_env_steps:,d} env steps in "
-    f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}",
-    flush=True,
-  )
+  primary = jax.process_index() == 0
+  if primary:
+    print(
+      f"run directory: {run_dir}\n{cfg.env}: {cfg.total_env_steps:,d} env steps in "
+      f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d} on "
+      f"{jax.device_count()} devices of {jax.process_count()} processes",
+      flush=True,
+    )
   cache = False if args["no_compilation_cache"] else args["compilation_cache"] or True
   result = train(cfg, run_dir, resume=resume, compilation_cache=cache)
+  if not primary:
+    return run_dir
   plot = plot_runs([run_dir], run_dir / "plot.png")
   # The last evaluation (averaged over the seeds of a panel).
   final = float(np.mean(result.evals["eval/episode_return"][..., -1]))

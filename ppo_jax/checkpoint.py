@@ -8,8 +8,8 @@ it when complete, so a kill during a write never leaves a checkpoint that `lates
 pick up; the next `Checkpointer` of the run directory deletes such leftovers. A save that
 fails (a full disk) removes its partial write and says which earlier checkpoint is intact.
 
-Saves run in the background (orbax's asynchronous checkpointing): `save` copies the state to
-host memory and returns, so the write overlaps the next chunk of training. The next `save`,
+Saves run in the background (orbax's asynchronous checkpointing): `save` copies the state on
+the device and returns, so the write overlaps the next chunk of training. The next `save`,
 and `wait`, first wait for the one in flight and raise its failure.
 """
 
@@ -46,12 +46,11 @@ def _nonempty_leaves(tree: Any) -> dict[str, Any]:
   return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if np.size(leaf)}
 
 
-def _host_copy(leaf: Any) -> Any:
-  """A host copy that owns its memory: the device buffer may be donated to the next chunk
-  while the copy is written. Extended dtypes (typed PRNG keys) stay with orbax."""
-  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):
-    return leaf
-  return np.array(leaf, copy=True)
+def _snapshot(leaf: Any) -> Any:
+  """A copy of `leaf` that nobody else holds: the state's own buffers are donated to the next
+  chunk while orbax is still writing. Device arrays are copied where they lie (on every
+  device, of every process), so orbax writes each process's shards as usual."""
+  return jnp.copy(leaf) if isinstance(leaf, jax.Array) else np.array(leaf, copy=True)
 
 
 class Checkpointer:
@@ -92,7 +91,7 @@ class Checkpointer:
     """
     self.wait()
     self._in_flight = (step, set(threading.enumerate()))
-    items = jax.tree.map(_host_copy, _nonempty_leaves(state))
+    items = jax.tree.map(_snapshot, _nonempty_leaves(state))
     args = ocp.args.Composite(state=ocp.args.StandardSave(items), host=ocp.args.JsonSave(host))
     self._guard(lambda: self.manager.save(step, args=args))
 
@@ -187,8 +186,11 @@ def _save_failure(directory: Any, step: int, cause: OSError) -> str:
 
 
 def _host_like(leaf: Any) -> Any:
-  """What orbax restores `leaf` as: a numpy array, or a device array for extended dtypes."""
-  if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended):  # e.g. typed PRNG keys
+  """What orbax restores `leaf` as: an array laid out as a `jax.ShapeDtypeStruct`'s sharding
+  says (a run on several devices: each process reads its shards, whatever the layout that
+  wrote it), else a numpy array, or a device array for extended dtypes."""
+  if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is not None:
+    return leaf
     return ocp.utils.to_shape_dtype_struct(leaf)
   return np.empty(np.shape(leaf), leaf.dtype)
 

@@ -87,10 +87,69 @@ def jsonable(value: Any) -> Any:
   return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def iteration_records(metrics: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-  """Stacked chunk metrics ({name: [K, ...]}) -> one JSON-ready dict per iteration."""
-  count = len(next(iter(metrics.values())))
-  return [{name: jsonable(value[i]) for name, value in metrics.items()} for i in range(count)]
+def iteration_records(
+  metrics: dict[str, np.ndarray], common: dict[str, np.ndarray], seeds: list[int]
+) -> list[dict[str, Any]]:
+  """A chunk's metrics -> one JSON-ready record per iteration and seed, iteration-major.
+
+  Args:
+    metrics: {name: [seeds, K, ...]} as the chunk returns them.
+    common: {name: [K]} fields every seed's record of an iteration shares.
+    seeds: the panel's seeds, in the order of the metrics' first axis.
+  """
+  count = len(next(iter(common.values())))
+  return [
+    {name: jsonable(value[k]) for name, value in common.items()}
+    | {name: jsonable(value[i, k]) for name, value in metrics.items()}
+    | {"seed": seed}
+    for k in range(count)
+    for i, seed in enumerate(seeds)
+  ]
+
+
+def records_to_arrays(records: list[dict[str, Any]], seeds: list[int]) -> dict[str, np.ndarray]:
+  """Records -> {name: array over records}; [seeds, records] for a panel of several seeds."""
+
+  def arrays(rows):
+    return {name: column(rows, name) for name in (rows[0] if rows else ())}
+
+  if len(seeds) == 1:
+    return arrays(records)
+  per_seed = [arrays([r for r in records if r["seed"] == seed]) for seed in seeds]
+  return {name: np.stack([a[name] for a in per_seed]) for name in per_seed[0]}
+
+
+def open_run_dir(run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+  """Checks the run directory and writes its config.json, all before anything is compiled.
+
+  A new run needs an absent or empty directory it can create; a resumed one needs the same
+  config and write access. Each failure names the path.
+  """
+  config_path = run_dir / CONFIG_FILE
+  as_json = json.dumps(config, indent=2) + "\n"
+  if resume:
+    if not config_path.exists():
+      raise FileNotFoundError(f"cannot resume {run_dir}: it has no {CONFIG_FILE}")
+    if json.loads(config_path.read_text()) != json.loads(as_json):
+      raise ValueError(f"cannot resume {run_dir}: its config.json differs from the config given")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+      raise PermissionError(f"cannot resume {run_dir}: the run directory is not writable")
+    return
+  try:
+    if run_dir.exists() and any(run_dir.iterdir()):
+      raise FileExistsError(f"run directory {run_dir} is not empty; a run is never overwritten")
+    run_dir.mkdir(parents=True, exist_ok=True)
+  except PermissionError as error:
+    blocked = Path(error.filename).parent if error.filename else run_dir.parent
+    raise PermissionError(
+      f"cannot create the run directory {run_dir}: no permission to write in {blocked}"
+    ) from error
+  if not os.access(run_dir, os.W_OK | os.X_OK):
+    raise PermissionError(f"run directory {run_dir} is not writable")
+  # Written whole, then renamed: a kill midway never leaves a config.json that resume misreads.
+  partial = config_path.with_name(config_path.name + ".partial")
+  partial.write_text(as_json)
+  os.replace(partial, config_path)
 
 
 def number(value: Any) -> Any:

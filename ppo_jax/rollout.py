@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs import Environment, EnvState
+from ppo_jax import sharding
 from ppo_jax.distribution import to_env
 from ppo_jax.networks import ActorCritic
 from ppo_jax.normalization import RunningStatistics
@@ -193,6 +194,7 @@ def trace_episodes(
   """
   reset_key, policy_key = jax.random.split(key)
   state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+  state = sharding.split_envs(state)  # under an envs layout, each device runs its envs
   keys = jax.random.split(policy_key, env.max_episode_steps)
 
   def step(state, alive, step_key):

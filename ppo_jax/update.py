@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ppo_jax import sharding
 from ppo_jax.config import PPOConfig
 from ppo_jax.losses import LossMetrics
 from ppo_jax.normalization import RunningStatistics
@@ -142,6 +143,7 @@ def epochs(
     minibatches = jax.tree.map(
       lambda x: x[order].reshape(cfg.num_minibatches, cfg.minibatch_size, *x.shape[1:]), batch
     )
+    minibatches = sharding.split_envs(minibatches, axis=1)  # each device takes its samples
 
     def step(carry, minibatch):
       learner, stopped, update = minibatch_update(

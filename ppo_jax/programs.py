@@ -1,0 +1,129 @@
+"""The compiled programs of a run: the initial state, the training chunk and the evaluator.
+
+Each is vmapped over the seeds of a panel, laid out on the devices (`ppo_jax.sharding`) and
+compiled ahead of the training loop, side by side: XLA compiles each on a thread of its own.
+JAX's persistent compilation cache (`use_compilation_cache`) lets a second run of the same
+programs load them instead of compiling them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+
+import envs
+from ppo_jax import sharding
+from ppo_jax.config import PPOConfig
+from ppo_jax.monitor import PolicySnapshot
+from ppo_jax.networks import ActorCritic
+from ppo_jax.step import TrainState, init_state, make_evaluator, make_train_chunk
+
+
+def default_cache_dir() -> Path:
+  """Where compiled programs are kept between runs: $PPO_JAX_CACHE_DIR, else the user's cache
+  folder ($XDG_CACHE_HOME or ~/.cache)/ppo_jax/jax_compilation_cache."""
+  if os.environ.get("PPO_JAX_CACHE_DIR"):
+    return Path(os.environ["PPO_JAX_CACHE_DIR"])
+  base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+  return base / "ppo_jax" / "jax_compilation_cache"
+
+
+def use_compilation_cache(cache: bool | str | Path) -> str | None:
+  """Turns on JAX's persistent compilation cache for this process, so that a second run of the
+  same programs loads them instead of compiling them.
+
+  Args:
+    cache: True for `default_cache_dir()`, a directory, or False to leave JAX as it is. A cache
+      directory the process already set (JAX_COMPILATION_CACHE_DIR, jax.config) wins.
+  Returns:
+    The directory in use, or None.
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current or cache is False:
+    return current
+  directory = default_cache_dir() if cache is True else Path(cache)
+  directory.mkdir(parents=True, exist_ok=True)
+  compilation_cache.set_cache_dir(str(directory))
+  compilation_cache.reset_cache()  # takes effect even after earlier compilations
+  return str(directory)
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """A run's compiled programs.
+
+  Attributes:
+    init: seed keys [S, 2] -> the panel's fresh TrainState.
+    chunk: state -> (state, metrics [S, iterations_per_chunk, ...]); the state is donated.
+    evaluator: (policies, keys [S, 2]) -> (Episodes, Trace), one evaluation per seed.
+    state: the state's shapes, dtypes and (on several devices) shardings.
+    compile_seconds: seconds each program took to compile, by name.
+  """
+
+  init: jax.stages.Compiled
+  chunk: jax.stages.Compiled
+  evaluator: jax.stages.Compiled
+  state: Any
+  compile_seconds: dict[str, float]
+
+
+def policies(state: TrainState) -> PolicySnapshot:
+  """A panel's current policies, as the evaluator takes them."""
+  return PolicySnapshot(state.params.policy, state.normalizer)
+
+
+def compile_programs(
+  cfg: PPOConfig,
+  env: envs.Environment,
+  networks: ActorCritic,
+  layout: sharding.Layout | None,
+  seed_keys: jax.Array,
+  eval_key: jax.Array,
+) -> Programs:
+  """Traces, lays out and compiles the programs of a panel (see the module docstring)."""
+  with sharding.mesh_context(layout):
+    init = jax.vmap(functools.partial(init_state, cfg, env, networks))
+    state = jax.eval_shape(init, seed_keys)
+    programs = {
+      "init": (init, (seed_keys,), {}),
+      "chunk": (jax.vmap(make_train_chunk(cfg, env, networks)), (state,), {"donate_argnums": 0}),
+      "evaluator": (jax.vmap(make_evaluator(cfg, env, networks)), (policies(state), eval_key), {}),
+    }
+    if layout is not None:
+      state_sharding = layout.state(state)
+      programs["init"][2]["out_shardings"] = state_sharding
+      programs["chunk"][2].update(
+        in_shardings=(state_sharding,), out_shardings=(state_sharding, layout.replicated)
+      )
+      programs["evaluator"][2].update(
+        in_shardings=(layout.per_seed, layout.replicated), out_shardings=layout.replicated
+      )
+      state = jax.tree.map(
+        lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+        state,
+        state_sharding,
+      )
+    lowered = {
+      name: jax.jit(fn, **options).lower(*args) for name, (fn, args, options) in programs.items()
+    }
+  with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+    futures = {name: pool.submit(_timed_compile, program) for name, program in lowered.items()}
+    compiled = {name: future.result() for name, future in futures.items()}
+  return Programs(
+    **{name: program for name, (program, _) in compiled.items()},
+    state=state,
+    compile_seconds={name: seconds for name, (_, seconds) in compiled.items()},
+  )
+
+
+def _timed_compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, float]:
+  started = time.perf_counter()
+  return lowered.compile(), time.perf_counter() - started
