@@ -24,8 +24,8 @@ test: setup  ## Lint, then the test suite (long runs marked slow are left out).
 test-slow: setup  ## Only the long runs.
 	$(PY) -m pytest -m slow
 
-bench: setup  ## Training and rollout-only throughput, compile time.
-	$(PY) -m experiments.bench
+bench: setup  ## Training and rollout-only throughput, compile time, on 1, 2 and 4 devices.
+	$(PY) -m experiments.bench --devices 1 2 4
 
 gpu-check:  ## On a machine with a GPU and JAX (no .venv): throughput and a whole brax_ant run.
 	@if [ -d .whl ] && ! $(PYTHON) -c "import brax, mujoco.mjx, tensorboardX" 2>/dev/null; then \

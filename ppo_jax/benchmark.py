@@ -1,16 +1,20 @@
-"""Throughput of the training step against rollout alone, on the same envs and networks."""
+"""Throughput of the training step against rollout alone, on the same envs, networks and devices."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 
 import jax
+import numpy as np
 
 import envs
+from ppo_jax import sharding
 from ppo_jax.config import PPOConfig
+from ppo_jax.programs import lower_programs, timed_compile
 from ppo_jax.rollout import collect
-from ppo_jax.step import TrainState, init_state, make_env_and_networks, make_train_chunk
+from ppo_jax.step import TrainState, make_env_and_networks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +25,7 @@ class Throughput:
   rollout_sps: float
   train_compile_seconds: float
   rollout_compile_seconds: float
+  num_devices: int = 1
 
   @property
   def ratio(self) -> float:
@@ -51,35 +56,53 @@ def make_rollout_only(cfg: PPOConfig, env: envs.Environment, networks):
   return run
 
 
-def _time(fn, state, repeats: int) -> tuple[float, float]:
-  """(compile seconds, best seconds per call of `repeats` calls)."""
-  started = time.perf_counter()
-  compiled = jax.jit(fn).lower(state).compile()
-  compile_seconds = time.perf_counter() - started
+def _best_seconds(call, repeats: int) -> float:
+  """The shortest of `repeats` timed calls (each waits for the device)."""
   best = float("inf")
   for _ in range(repeats):
     started = time.perf_counter()
-    jax.block_until_ready(compiled(state))
+    jax.block_until_ready(call())
     best = min(best, time.perf_counter() - started)
-  return compile_seconds, best
+  return best
 
 
-def measure(cfg: PPOConfig, iterations: int = 2, repeats: int = 2) -> Throughput:
+def measure(
+  cfg: PPOConfig,
+  iterations: int = 2,
+  repeats: int = 2,
+  devices: Sequence[jax.Device] | None = None,
+) -> Throughput:
   """Times `iterations` training iterations (one compiled chunk) against rollout alone.
 
+  The programs are those `train` runs, laid out on `devices` (the first device by default).
   Evaluation is excluded; each figure is the best of `repeats` runs after compilation.
   """
   cfg = dataclasses.replace(
     cfg, num_timesteps=iterations * cfg.env_steps_per_iteration, num_evals=2
   )
+  devices = list(devices or jax.devices()[:1])
   env, networks = make_env_and_networks(cfg)
-  state = init_state(cfg, env, networks)
-  steps = cfg.iterations_per_chunk * cfg.env_steps_per_iteration
-  train_compile, train_seconds = _time(make_train_chunk(cfg, env, networks), state, repeats)
-  rollout_compile, rollout_seconds = _time(make_rollout_only(cfg, env, networks), state, repeats)
+  layout = sharding.make_layout(cfg, devices)
+  put = np.asarray if layout is None else layout.put
+  seeds = put(np.stack([jax.random.PRNGKey(cfg.seed + i) for i in range(cfg.num_seeds)]))
+  lowered, abstract = lower_programs(cfg, env, networks, layout, seeds, seeds)
+  state = lowered["init"].compile()(seeds)
+  chunk, train_compile = timed_compile(lowered["chunk"])
+  with sharding.mesh_context(layout):
+    options = {} if layout is None else {"in_shardings": (layout.state(abstract),)}
+    rollout = jax.jit(jax.vmap(make_rollout_only(cfg, env, networks)), **options).lower(abstract)
+  rollout, rollout_compile = timed_compile(rollout)
+
+  def train_once():
+    nonlocal state
+    state, metrics = chunk(state)  # the chunk takes (donates) the state and returns the next
+    return metrics
+
+  steps = cfg.iterations_per_chunk * cfg.env_steps_per_iteration * cfg.num_seeds
   return Throughput(
-    train_sps=steps / train_seconds,
-    rollout_sps=steps / rollout_seconds,
+    train_sps=steps / _best_seconds(train_once, repeats),
+    rollout_sps=steps / _best_seconds(lambda: rollout(state), repeats),
     train_compile_seconds=train_compile,
     rollout_compile_seconds=rollout_compile,
+    num_devices=len(devices),
   )

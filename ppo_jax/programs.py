@@ -80,15 +80,16 @@ def policies(state: TrainState) -> PolicySnapshot:
   return PolicySnapshot(state.params.policy, state.normalizer)
 
 
-def compile_programs(
+def lower_programs(
   cfg: PPOConfig,
   env: envs.Environment,
   networks: ActorCritic,
   layout: sharding.Layout | None,
   seed_keys: jax.Array,
   eval_key: jax.Array,
-) -> Programs:
-  """Traces, lays out and compiles the programs of a panel (see the module docstring)."""
+) -> tuple[dict[str, jax.stages.Lowered], Any]:
+  """Traces and lays out the programs of a panel: ({name: lowered program}, the state's
+  shapes, dtypes and shardings)."""
   with sharding.mesh_context(layout):
     init = jax.vmap(functools.partial(init_state, cfg, env, networks))
     state = jax.eval_shape(init, seed_keys)
@@ -114,8 +115,21 @@ def compile_programs(
     lowered = {
       name: jax.jit(fn, **options).lower(*args) for name, (fn, args, options) in programs.items()
     }
+  return lowered, state
+
+
+def compile_programs(
+  cfg: PPOConfig,
+  env: envs.Environment,
+  networks: ActorCritic,
+  layout: sharding.Layout | None,
+  seed_keys: jax.Array,
+  eval_key: jax.Array,
+) -> Programs:
+  """Traces, lays out and compiles the programs of a panel (see the module docstring)."""
+  lowered, state = lower_programs(cfg, env, networks, layout, seed_keys, eval_key)
   with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
-    futures = {name: pool.submit(_timed_compile, program) for name, program in lowered.items()}
+    futures = {name: pool.submit(timed_compile, program) for name, program in lowered.items()}
     compiled = {name: future.result() for name, future in futures.items()}
   return Programs(
     **{name: program for name, (program, _) in compiled.items()},
@@ -124,6 +138,7 @@ def compile_programs(
   )
 
 
-def _timed_compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, float]:
+def timed_compile(lowered: jax.stages.Lowered) -> tuple[jax.stages.Compiled, float]:
+  """(the compiled program, seconds its compilation took)."""
   started = time.perf_counter()
   return lowered.compile(), time.perf_counter() - started
