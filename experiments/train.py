@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 import envs
-from experiments.plot import plot_runs
 from experiments.presets import PRESETS
 from ppo_jax import PPOConfig, logger, train
+from ppo_jax.plot import PLOT_FILE
 
 
 def parse_value(text: str):
@@ -123,14 +123,13 @@ def main(argv: list[str] | None = None) -> Path | None:
     f"{cfg.num_iterations} iterations of {cfg.env_steps_per_iteration:,d}",
     flush=True,
   )
-  result = train(cfg, run_dir, resume=resume)
-  plot = plot_runs([run_dir], run_dir / "plot.png")
+  result = train(cfg, run_dir, resume=resume)  # writes plot.png too
   # The last evaluation (averaged over the seeds of a panel).
   final = float(np.mean(result.evals["eval/episode_return"][..., -1]))
   print(
     f"done: eval return {final:.1f} after {cfg.total_env_steps:,d} steps; "
     f"compile {result.compile_seconds:.1f} s, training {result.train_seconds:.1f} s\n"
-    f"run directory: {run_dir} (plot: {plot.name}, policy: policy/)"
+    f"run directory: {run_dir} (plot: {PLOT_FILE}, policy: policy/)"
   )
   return run_dir
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppo_jax import checkpoint, health, logger
+from ppo_jax import checkpoint, health, logger, plot
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_policy
 from ppo_jax.step import (
@@ -335,8 +335,8 @@ def train(
 
   Args:
     cfg: the run's configuration (already validated by its constructor).
-    run_dir: where config.json, metrics.jsonl, evals.jsonl, TensorBoard events, checkpoints
-      and the final policy go; None keeps everything in memory. Never overwritten.
+    run_dir: where config.json, metrics.jsonl, evals.jsonl, TensorBoard events, checkpoints,
+      the final policy and plot.png go; None keeps everything in memory. Never overwritten.
     resume: continue the run in `run_dir` from its latest complete checkpoint; the result
       is the same as if the run had never stopped.
     show_progress: a progress bar and a line per evaluation on the console.
@@ -351,4 +351,7 @@ def train(
     report = runner.finish()
   finally:
     runner.log.close()
-  return runner.result(report)
+  result = runner.result(report)
+  if result.run_dir is not None:
+    plot.plot_runs([result.run_dir], result.run_dir / plot.PLOT_FILE)
+  return result
