@@ -2,6 +2,10 @@
 
 python -m experiments.train [PRESET] [--num_timesteps 3000000 --learning_rate 1e-3 ...]
 python -m experiments.train --list
+
+The run directory gets plot.png at the end. With MUJOCO_GL set (egl, or osmesa on a CPU) and a
+Brax or Playground env, `experiments.evaluate` then renders one episode of the final policy and
+of the policies around the largest-KL update (same seed: same initial state) to mp4 videos.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import envs
+from experiments import evaluate
 from experiments.presets import PRESETS
 from ppo_jax import PPOConfig, logger, train
 from ppo_jax.plot import PLOT_FILE
@@ -124,6 +129,11 @@ def main(argv: list[str] | None = None) -> Path | None:
     flush=True,
   )
   result = train(cfg, run_dir, resume=resume)  # writes plot.png too
+  if evaluate.rendering_unavailable(cfg.env, gl_error=None) is None:  # MUJOCO_GL is set
+    print("videos of the final policy and of those around the largest-KL update:")
+    deterministic = ["--deterministic"] if cfg.deterministic_eval else []
+    for folder in evaluate.policy_folders(run_dir):
+      evaluate.main([str(folder), "--episodes", "1", *deterministic])
   # The last evaluation (averaged over the seeds of a panel).
   final = float(np.mean(result.evals["eval/episode_return"][..., -1]))
   print(
