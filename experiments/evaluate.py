@@ -153,13 +153,15 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> tuple[P
     height, width = np.shape(frames[0])[:2]
     # Odd sizes are padded to even ones, which H.264 in yuv420p needs.
     writer = imageio_ffmpeg.write_frames(str(mp4), (width, height), fps=fps, macro_block_size=2)
-    with warnings.catch_warnings():
-      # JAX warns of any fork; this one only execs ffmpeg, which is safe.
-      warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
-      writer.send(None)  # starts ffmpeg
-    for frame in frames:
-      writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
-    writer.close()
+    try:
+      with warnings.catch_warnings():
+        # JAX warns of any fork; this one only execs ffmpeg, which is safe.
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        writer.send(None)  # starts ffmpeg
+      for frame in frames:
+        writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+    finally:
+      writer.close()  # ends ffmpeg, also after a failure
     return mp4, None
   except Exception as error:  # no imageio-ffmpeg, or its ffmpeg cannot run here
     mp4.unlink(missing_ok=True)
@@ -189,8 +191,9 @@ def render_episode(
 def policy_folders(run_dir: Path) -> list[Path]:
   """The run directory and the folders of the policies around its largest-KL update (before,
   after; one pair per seed of a panel): each is a RUN_DIR this script evaluates."""
-  saved = (run_dir / health.LARGEST_KL_DIR).glob(f"**/{checkpoint.POLICY}/policy.json")
-  return [run_dir, *sorted(path.parent.parent for path in saved)]
+  saved = (run_dir / health.LARGEST_KL_DIR).glob(f"**/before/{checkpoint.POLICY}/policy.json")
+  pairs = sorted(path.parents[2] for path in saved)
+  return [run_dir, *(pair / name for pair in pairs for name in ("before", "after"))]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -177,16 +177,19 @@ def test_a_cli_run_renders_the_final_and_the_largest_kl_policies(tmp_path):
 
 
 def test_policy_folders_are_the_run_and_its_largest_kl_pairs(tmp_path):
-  for folder in ("largest_kl/before", "largest_kl/after", "other/x"):
-    (tmp_path / "run" / folder / "policy").mkdir(parents=True)
-    (tmp_path / "run" / folder / "policy" / "policy.json").write_text(json.dumps({}))
+  def saved(folder):
+    (folder / "policy").mkdir(parents=True)
+    (folder / "policy" / "policy.json").write_text("{}")
+
   run = tmp_path / "run"
-  assert evaluate.policy_folders(run) == [run, run / "largest_kl/after", run / "largest_kl/before"]
-  panel = tmp_path / "panel"
-  for seed in (3, 4):
-    for name in ("before", "after"):
-      (panel / f"largest_kl/seed_{seed}/{name}/policy").mkdir(parents=True)
-      (panel / f"largest_kl/seed_{seed}/{name}/policy/policy.json").write_text("{}")
-  assert evaluate.policy_folders(panel)[1:] == [
-    panel / f"largest_kl/seed_{seed}/{name}" for seed in (3, 4) for name in ("after", "before")
+  for folder in ("largest_kl/after", "largest_kl/before", "other/before"):
+    saved(run / folder)
+  assert evaluate.policy_folders(run) == [run, run / "largest_kl/before", run / "largest_kl/after"]
+  panel = tmp_path / "panel"  # a seed panel: one pair per seed
+  for seed in (4, 3):
+    for name in ("after", "before"):
+      saved(panel / f"largest_kl/seed_{seed}/{name}")
+  assert evaluate.policy_folders(panel) == [panel] + [
+    panel / f"largest_kl/seed_{seed}/{name}" for seed in (3, 4) for name in ("before", "after")
   ]
+  assert evaluate.policy_folders(tmp_path / "no_update_yet") == [tmp_path / "no_update_yet"]
