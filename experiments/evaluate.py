@@ -15,10 +15,11 @@ RUN_DIR/eval/<date>-<time>[-n]/, so an earlier evaluation is never overwritten:
                 saturated [T, N] (fraction of action dimensions at the bounds, unclipped),
                 rewards [T, N], terminations [T, N], truncations [T, N] and alive [T, N]
                 (True up to and including the step that ends the env's first episode).
-  episode0.mp4  episode 0 rendered by the source env's own renderer (a .gif where ffmpeg is
-                missing). Only Brax and Playground envs render, and only with MUJOCO_GL set
-                (egl or osmesa on a headless machine); otherwise a one-line note says why.
-                A rendering failure never fails the evaluation.
+  episode0.mp4  episode 0 rendered by the source env's own renderer, encoded by the ffmpeg
+                that imageio-ffmpeg ships (a .gif, with a note saying why, where that fails).
+                Only Brax and Playground envs render, and only with MUJOCO_GL set (egl with a
+                GPU, or osmesa on a CPU: apt-get install libosmesa6); otherwise a one-line
+                note says why. A rendering failure never fails the evaluation.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ import jax
 import numpy as np
 
 from envs import Environment
-from ppo_jax import checkpoint, load_policy, logger
+from ppo_jax import checkpoint, health, load_policy, logger
 from ppo_jax.rollout import Trace, first_episodes, summarize, trace_episodes
 from ppo_jax.step import make_env
 
@@ -138,25 +140,37 @@ def rendering_unavailable(env_name: str, gl_error: str | None) -> str | None:
 
 
 def write_video(path: Path, frames: Sequence[np.ndarray], fps: float) -> tuple[Path, str | None]:
-  """Writes frames [H, W, 3] to path.mp4 with mediapy, or to path.gif where that fails
-  (mediapy needs the ffmpeg program).
+  """Writes frames [H, W, 3] uint8 to path.mp4 (H.264, by the ffmpeg program imageio-ffmpeg
+  ships), or to path.gif where that fails.
 
   Returns:
     (the file written, why it is a GIF or None).
   """
-  import mediapy
-
+  mp4 = path.with_suffix(".mp4")
   try:
-    mediapy.write_video(path.with_suffix(".mp4"), frames, fps=fps)
-    return path.with_suffix(".mp4"), None
-  except Exception as error:  # most often: no ffmpeg
-    path.with_suffix(".mp4").unlink(missing_ok=True)
+    import imageio_ffmpeg
+
+    height, width = np.shape(frames[0])[:2]
+    # Odd sizes are padded to even ones, which H.264 in yuv420p needs.
+    writer = imageio_ffmpeg.write_frames(str(mp4), (width, height), fps=fps, macro_block_size=2)
+    try:
+      with warnings.catch_warnings():
+        # JAX warns of any fork; this one only execs ffmpeg, which is safe.
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        writer.send(None)  # starts ffmpeg
+      for frame in frames:
+        writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+    finally:
+      writer.close()  # ends ffmpeg, also after a failure
+    return mp4, None
+  except Exception as error:  # no imageio-ffmpeg, or its ffmpeg cannot run here
+    mp4.unlink(missing_ok=True)
     from PIL import Image
 
     images = [Image.fromarray(np.asarray(frame)) for frame in frames]
     gif = path.with_suffix(".gif")
     images[0].save(gif, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return gif, f"GIF, since mediapy could not write an mp4: {one_line(error)}"
+    return gif, f"GIF, since no mp4 could be written: {one_line(error)}"
 
 
 def render_episode(
@@ -172,6 +186,14 @@ def render_episode(
   frames = env.core.render(trajectory)
   fps = 1.0 / (float(getattr(env.core, "dt", 1.0 / 30.0)) * env.action_repeat)
   return write_video(path, frames, fps)
+
+
+def policy_folders(run_dir: Path) -> list[Path]:
+  """The run directory and the folders of the policies around its largest-KL update (before,
+  after; one pair per seed of a panel): each is a RUN_DIR this script evaluates."""
+  saved = (run_dir / health.LARGEST_KL_DIR).glob(f"**/before/{checkpoint.POLICY}/policy.json")
+  pairs = sorted(path.parents[2] for path in saved)
+  return [run_dir, *(pair / name for pair in pairs for name in ("before", "after"))]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -2,6 +2,10 @@
 
 python -m experiments.train [PRESET] [--num_timesteps 3000000 --learning_rate 1e-3 ...]
 python -m experiments.train --list
+
+The run directory gets plot.png at the end. With MUJOCO_GL set (egl, or osmesa on a CPU) and a
+Brax or Playground env, `experiments.evaluate` then renders one episode of the final policy and
+of the policies around the largest-KL update (same seed: same initial state) to mp4 videos.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import jax
 import numpy as np
 
 import envs
-from experiments.plot import plot_runs
+from experiments import evaluate
 from experiments.presets import PRESETS
 from ppo_jax import PPOConfig, logger, sharding, train
+from ppo_jax.plot import PLOT_FILE
 
 
 def parse_value(text: str):
@@ -161,17 +166,21 @@ def main(argv: list[str] | None = None) -> Path | None:
       flush=True,
     )
   cache = False if args["no_compilation_cache"] else args["compilation_cache"] or True
-  result = train(cfg, run_dir, resume=resume, compilation_cache=cache)
+  result = train(cfg, run_dir, resume=resume, compilation_cache=cache)  # writes plot.png too
   if not primary:
     return run_dir
-  plot = plot_runs([run_dir], run_dir / "plot.png")
+  if evaluate.rendering_unavailable(cfg.env, gl_error=None) is None:  # MUJOCO_GL is set
+    print("videos of the final policy and of those around the largest-KL update:")
+    deterministic = ["--deterministic"] if cfg.deterministic_eval else []
+    for folder in evaluate.policy_folders(run_dir):
+      evaluate.main([str(folder), "--episodes", "1", *deterministic])
   # The last evaluation (averaged over the seeds of a panel).
   final = float(np.mean(result.evals["eval/episode_return"][..., -1]))
   print(
     f"done: eval return {final:.1f} after {cfg.total_env_steps:,d} steps; "
     f"wall {result.timings['wall']:.1f} s: compile {result.compile_seconds:.1f} s, "
     f"training {result.train_seconds:.1f} s (timings.json has every phase)\n"
-    f"run directory: {run_dir} (plot: {plot.name}, policy: policy/)"
+    f"run directory: {run_dir} (plot: {PLOT_FILE}, policy: policy/)"
   )
   return run_dir
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ppo_jax import checkpoint, health, logger, phases, sharding
+from ppo_jax import checkpoint, health, logger, phases, plot, sharding
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_policy
 from ppo_jax.programs import compile_programs, policies, use_compilation_cache
@@ -317,7 +317,7 @@ class Runner:
       sharding.fetch((self.state.params.policy, self.state.normalizer)), 0
     )
     if self.files is not None:
-      with self.phases("save", "the final policy to be written"):
+      with self.phases("save", "the final policy and plot.png to be written"):
         checkpoint.save_policy(
           self.files,
           self.cfg,
@@ -326,6 +326,7 @@ class Runner:
           policy,
           normalizer,
         )
+        plot.plot_runs([self.files], self.files / plot.PLOT_FILE)
     timings = self.phases.summary()
     if self.files is not None:
       record = {"phases": timings, "compile": self.compile_seconds}
@@ -372,8 +373,8 @@ def train(
   Args:
     cfg: the run's configuration (already validated by its constructor).
     run_dir: where config.json, metrics.jsonl, evals.jsonl, TensorBoard events, checkpoints,
-      timings.json and the final policy go; None keeps everything in memory. Never
-      overwritten.
+      timings.json, the final policy and plot.png go; None keeps everything in memory.
+      Never overwritten.
     resume: continue the run in `run_dir` from its latest complete checkpoint; the result
       is the same as if the run had never stopped.
     show_progress: a progress bar and a line per evaluation on the console.

@@ -16,6 +16,10 @@ from tiny import tiny
 from experiments import train as train_cli
 from ppo_jax import load_policy, train
 from ppo_jax.logger import EVALS_FILE, METRICS_FILE, is_timing
+from ppo_jax.monitor import LABELS
+from ppo_jax.plot import MARKS, PLOT_FILE
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def read_jsonl(path):
@@ -63,7 +67,11 @@ def test_cli_run_writes_every_file(tmp_path):
   assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
   assert [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()] == ["4"]
   assert (run_dir / "policy" / "params.msgpack").exists()
-  assert (run_dir / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (run_dir / PLOT_FILE).read_bytes()[:8] == PNG_MAGIC
+  # What the plot's safety panel and label marks read is in every record.
+  marked = {key for key, _ in MARKS.values()} | {f"label/{label}" for label in LABELS}
+  for key in marked | {"termination_rate", "action_saturation"}:
+    assert all(key in m for m in metrics), key
 
 
 def test_a_run_directory_is_never_overwritten(tmp_path):
@@ -81,6 +89,7 @@ class Interrupt(Exception):
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
   cfg = tiny(num_evals=5, seed=3)  # 4 chunks of 2 iterations
   whole = train(cfg, tmp_path / "whole", show_progress=False)
+  assert (tmp_path / "whole" / PLOT_FILE).read_bytes()[:8] == PNG_MAGIC
 
   def stop_after_two_chunks(record):
     if record["env_steps"] == 2 * cfg.iterations_per_chunk * cfg.env_steps_per_iteration:
@@ -89,7 +98,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
   with pytest.raises(Interrupt):
     train(cfg, tmp_path / "cut", show_progress=False, progress_fn=stop_after_two_chunks)
   assert len(read_jsonl(tmp_path / "cut" / METRICS_FILE)) == 2 * cfg.iterations_per_chunk
+  assert not (tmp_path / "cut" / PLOT_FILE).exists()  # drawn when a run ends
   resumed = train(cfg, tmp_path / "cut", resume=True, show_progress=False)
+  assert (tmp_path / "cut" / PLOT_FILE).read_bytes()[:8] == PNG_MAGIC
 
   chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(whole.state))
   for name in (METRICS_FILE, EVALS_FILE):
