@@ -277,3 +277,18 @@ def summarize(episodes: Episodes) -> dict[str, Any]:
     "termination_rate": float(np.mean(terminated)),
     "action_saturation": float(episodes.saturation),
   }
+
+
+# Evaluation metric -> the `summarize` entry it is.
+EVAL_METRICS = {
+  "episode_return": "mean_return",
+  "episode_return_std": "std_return",
+  "episode_length": "mean_length",
+  "termination_rate": "termination_rate",
+  "action_saturation": "action_saturation",
+}
+
+
+def eval_metrics(summary: dict[str, Any]) -> dict[str, float]:
+  """An evaluation's metrics, "eval/<name>", from `summarize`'s result."""
+  return {f"eval/{name}": summary[key] for name, key in EVAL_METRICS.items()}

@@ -24,7 +24,7 @@ from ppo_jax import checkpoint, health, logger, phases, plot, sharding
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_policy
 from ppo_jax.programs import compile_programs, policies, use_compilation_cache
-from ppo_jax.rollout import summarize
+from ppo_jax.rollout import eval_metrics, summarize
 from ppo_jax.step import TrainState, make_env_and_networks
 from ppo_jax.types import ActorCriticParams
 
@@ -188,7 +188,7 @@ class Runner:
         summary = summarize(_index(episodes, i))
         records.append(
           {"env_steps": env_steps, "wall_time": self.wall_time(), "seed": seed}
-          | {f"eval/{name}": summary[key] for name, key in EVAL_FIELDS.items()}
+          | eval_metrics(summary)
         )
       for record in records:
         self.evals.append(record)
@@ -346,16 +346,6 @@ class Runner:
       health=report,
       run_dir=self.run_dir,
     )
-
-
-# Evaluation record field -> the `rollout.summarize` entry it holds.
-EVAL_FIELDS = {
-  "episode_return": "mean_return",
-  "episode_return_std": "std_return",
-  "episode_length": "mean_length",
-  "termination_rate": "termination_rate",
-  "action_saturation": "action_saturation",
-}
 
 
 def train(
