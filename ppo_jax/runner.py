@@ -153,7 +153,7 @@ class Runner:
         restored = self.checkpoints.restore_latest(self.abstract_state)
     if restored is None:
       with self.phases("init", "the networks' initialization and the envs' resets"):
-        self.state = self.init(self.seed_keys)
+        self.state = jax.block_until_ready(self.init(self.seed_keys))
     else:
       self.state, host = restored
       self.eval_key = self._put(np.asarray(host["eval_key"], dtype=np.uint32))
