@@ -83,10 +83,23 @@ try:  # written on 4 devices, cut after its first chunk; resumed on 1 device
 except Stop:
   pass
 keep("resumed", train(cfg, out / "cut", resume=True, show_progress=False, devices=devices[:1]))
+np.savez(npz, **arrays)
+"""
 
-panel = PPOConfig(**{**cfg.to_dict(), "num_seeds": 2})
-keep("panel_one", train(panel, show_progress=False, devices=devices[:1]))
-keep("panel_two", train(panel, show_progress=False, devices=devices[:2]))
+# A seed panel on 2 of the 4 devices: each device trains one seed, as one device trains both.
+PANEL_CHILD = r"""
+import json, sys
+import jax, numpy as np
+from ppo_jax import PPOConfig, train
+
+cfg, npz = PPOConfig(**json.loads(sys.argv[1])), sys.argv[3]
+arrays = {}
+for name, count in (("one", 1), ("two", 2)):
+  result = train(cfg, show_progress=False, devices=jax.devices()[:count])
+  for i, leaf in enumerate(jax.tree.leaves(jax.device_get(result.params))):
+    arrays[f"{name}/params/{i}"] = np.asarray(leaf)
+  arrays[f"{name}/value_loss"] = np.asarray(result.metrics["value_loss"])
+  arrays[f"{name}/layout"] = np.asarray(str(getattr(result.state.env_state.obs.sharding, "spec", None)))
 np.savez(npz, **arrays)
 """
 
@@ -119,9 +132,17 @@ def test_four_devices_compute_what_one_does(tmp_path):
   for other in ("four", "resumed"):
     for key in [k for k in out if k.startswith("one/")]:
       assert_close(out[key.replace("one/", f"{other}/")], out[key], f"{other}: {key}")
-  # A seed panel on 2 devices: each device trains one seed, as one device trains both.
-  for key in [k for k in out if k.startswith("panel_one/")]:
-    assert_close(out[key.replace("panel_one/", "panel_two/")], out[key], key)
+
+
+@pytest.mark.slow  # ~1 min on two cores: two more compilations
+def test_a_panel_spreads_its_seeds_over_the_devices(tmp_path):
+  cfg, npz = tiny(num_seeds=2), tmp_path / "out.npz"
+  done = run_child(PANEL_CHILD, [json.dumps(cfg.to_dict()), str(tmp_path), str(npz)], tmp_path, 4)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = dict(np.load(npz))
+  assert str(out["two/layout"]) == "P('seeds',)"  # each device holds whole seeds
+  for key in [k for k in out if k.startswith("one/") and not k.endswith("layout")]:
+    assert_close(out[key.replace("one/", "two/")], out[key], key)
 
 
 # Several processes: each a CLI training of the tiny config on 2 forced CPU devices.
