@@ -20,15 +20,14 @@ mean and interval band per algorithm.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from experiments.presets import PRESETS
+from experiments.tables import mean_and_interval, plot_band, write_tables
 from experiments.train import parse_value
 from ppo_jax import PPOConfig, TrainResult, train
 from ppo_jax.config import ALGORITHMS
@@ -69,17 +68,6 @@ def _area_under_curve(steps: np.ndarray, returns: np.ndarray) -> np.ndarray:
   return np.trapezoid(returns, steps, axis=1) / (steps[-1] - steps[0])
 
 
-def mean_and_interval(values: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
-  """(mean, half-width of the Student t interval) over seeds; the half-width is NaN for one."""
-  values = np.asarray(values, float)
-  n = values.size
-  mean = float(np.mean(values))
-  if n < 2:
-    return mean, float("nan")
-  sem = float(np.std(values, ddof=1)) / np.sqrt(n)
-  return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sem)
-
-
 def base_config(env: str, steps: int | None, overrides: dict) -> PPOConfig:
   """The preset named `env`, else the first preset for that env, else PPOConfig(env=env)."""
   if env in PRESETS:
@@ -109,23 +97,6 @@ def summarize(result: TrainResult) -> dict[str, tuple[float, float]]:
   return row
 
 
-def write_tables(rows: dict[str, dict[str, tuple[float, float]]], out: Path) -> None:
-  """table.csv (mean and ci95 columns) and table.md (mean +- ci95) of algorithm -> row."""
-  names = list(next(iter(rows.values())))
-  with (out / "table.csv").open("w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(["algorithm"] + [f"{n}_{part}" for n in names for part in ("mean", "ci95")])
-    for algorithm, row in rows.items():
-      writer.writerow([algorithm] + [f"{v:.6g}" for n in names for v in row[n]])
-  cell = lambda m, h: f"{m:.4g}" if np.isnan(h) else f"{m:.4g} ± {h:.2g}"  # noqa: E731
-  lines = [
-    "| metric | " + " | ".join(rows) + " |",
-    "|---|" + "---|" * len(rows),
-  ]
-  lines += [f"| {n} | " + " | ".join(cell(*row[n]) for row in rows.values()) + " |" for n in names]
-  (out / "table.md").write_text("\n".join(lines) + "\n")
-
-
 def plot(results: dict[str, TrainResult], out: Path) -> Path:
   from matplotlib.figure import Figure
 
@@ -140,11 +111,7 @@ def plot(results: dict[str, TrainResult], out: Path) -> Path:
     for algorithm, result in results.items():
       data = dict(zip(("evals", "metrics"), per_seed(result), strict=True))[source]
       steps, values = data["env_steps"][0], data[key]
-      mean = np.nanmean(values, axis=0)
-      half = np.array([mean_and_interval(values[:, i])[1] for i in range(values.shape[1])])
-      (line,) = ax.plot(steps, mean, label=f"{algorithm} ({values.shape[0]} seeds)")
-      if np.isfinite(half).any():
-        ax.fill_between(steps, mean - half, mean + half, color=line.get_color(), alpha=0.2)
+      plot_band(ax, steps, values, algorithm)
     ax.set_title(title)
     ax.set_xlabel("env steps")
     if key == "update_kl":

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from tiny import tiny
 
-from experiments import compare
+from experiments import compare, tables
 from ppo_jax import train
 
 
@@ -81,8 +81,8 @@ def test_compare_writes_table_and_figure_on_a_tiny_budget(tmp_path, capsys):
 
 def test_mean_and_interval_matches_the_t_formula():
   values = np.array([1.0, 2.0, 4.0, 7.0])
-  mean, half = compare.mean_and_interval(values)
+  mean, half = tables.mean_and_interval(values)
   assert mean == 3.5
   # t(0.975, 3) = 3.182446; sample std = 2.645751
   np.testing.assert_allclose(half, 3.182446 * 2.645751 / 2, rtol=1e-5)
-  assert np.isnan(compare.mean_and_interval(np.array([5.0]))[1])
+  assert np.isnan(tables.mean_and_interval(np.array([5.0]))[1])
