@@ -25,6 +25,7 @@ ALGORITHMS = ("ppo", "trpo")
 SCHEDULES = ("constant", "linear", "adaptive_kl")
 ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")  # functions of flax.linen, by name
 ACTION_STD_TYPES = ("parameter", "network")
+DISTRIBUTION_TYPES = ("normal", "tanh_normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +149,11 @@ class PPOConfig:
     (256, 256, 256, 256, 256), "hidden layers of the value MLP.", LAYER_SIZES
   )
   activation: str = _field("swish", "hidden activation of both MLPs.", one_of(ACTIVATIONS))
+  distribution_type: str = _field(
+    "normal",
+    "the policy's action distribution (Brax's names): 'normal', a diagonal Gaussian whose samples the env receives clipped to [-1, 1], or 'tanh_normal', a Gaussian squashed by tanh (Brax's default; exact log-probabilities from the kept pre-tanh sample, entropy estimated from one sample).",
+    one_of(DISTRIBUTION_TYPES),
+  )
   action_std_type: str = _field(
     "network",
     "'parameter' (a state-independent learned log-std) or 'network' (a second head of the policy MLP).",

@@ -227,7 +227,8 @@ def compare_largest_kl(
   @jax.jit
   def rollout(snapshot: PolicySnapshot):
     policy = make_policy(networks, snapshot.policy, snapshot.normalizer, cfg.deterministic_eval)
-    return trace_episodes(env, policy, key, cfg.num_eval_envs)[0]
+    bound = networks.distribution.saturation_bound
+    return trace_episodes(env, policy, key, cfg.num_eval_envs, saturation_bound=bound)[0]
 
   comparison = {
     "iteration": iteration,

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ppo_jax import normalization
-from ppo_jax.distribution import DiagonalGaussian, to_env
+from ppo_jax.distribution import DISTRIBUTIONS, DiagonalGaussian
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import ActorCriticParams, Params
 
@@ -85,11 +85,13 @@ class ActorCritic:
     init: key -> ActorCriticParams.
     policy: (policy_params, normalizer, obs [..., obs_size]) -> the action distribution.
     value: (value_params, normalizer, obs [..., obs_size]) -> value [...].
+    distribution: the class `policy` returns (`DiagonalGaussian` or `TanhGaussian`).
   """
 
   init: Callable[[jax.Array], ActorCriticParams]
   policy: Callable[[Params, RunningStatistics, jax.Array], DiagonalGaussian]
   value: Callable[[Params, RunningStatistics, jax.Array], jax.Array]
+  distribution: type[DiagonalGaussian] = DiagonalGaussian
 
 
 def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -> ActorCritic:
@@ -104,6 +106,7 @@ def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -
     min_std=cfg.min_action_std,
   )
   value_net = ValueNetwork(cfg.value_hidden_layer_sizes, activation)
+  distribution = DISTRIBUTIONS[cfg.distribution_type]
   dummy = jnp.zeros((1, observation_size), jnp.float32)
 
   def init(key: jax.Array) -> ActorCriticParams:
@@ -113,12 +116,12 @@ def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -
     )
 
   def policy(params, normalizer, obs):
-    return DiagonalGaussian(*policy_net.apply(params, normalization.normalize(normalizer, obs)))
+    return distribution(*policy_net.apply(params, normalization.normalize(normalizer, obs)))
 
   def value(params, normalizer, obs):
     return value_net.apply(params, normalization.normalize(normalizer, obs))
 
-  return ActorCritic(init=init, policy=policy, value=value)
+  return ActorCritic(init=init, policy=policy, value=value, distribution=distribution)
 
 
 def make_policy(
@@ -135,7 +138,7 @@ def make_policy(
   def policy(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
     distribution = networks.policy(policy_params, normalizer, obs)
     if key is None or deterministic:
-      return to_env(distribution.mode())
-    return to_env(distribution.sample(key))
+      return distribution.to_env(distribution.mode())
+    return distribution.to_env(distribution.sample(key))
 
   return policy

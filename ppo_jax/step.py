@@ -25,6 +25,7 @@ from flax import struct
 import envs
 from ppo_jax import diagnostics, losses, monitor, normalization, rollout, trpo, update
 from ppo_jax.config import PPOConfig
+from ppo_jax.distribution import DiagonalGaussian
 from ppo_jax.gae import compute_gae
 from ppo_jax.networks import ActorCritic, make_actor_critic
 from ppo_jax.normalization import RunningStatistics
@@ -145,8 +146,13 @@ def measure_update(
   }
 
 
-def rollout_metrics(stats: EpisodeStats, transitions: Transition) -> Metrics:
-  """What the rollout saw: finished episodes, terminations, saturation, the env's metrics."""
+def rollout_metrics(
+  stats: EpisodeStats, transitions: Transition, distribution: type[DiagonalGaussian]
+) -> Metrics:
+  """What the rollout saw: finished episodes, terminations, saturation, the env's metrics.
+
+  Saturation is measured on the env actions against the policy distribution's bound;
+  `action_abs_mean` on the raw actions (before the clip or the squash)."""
   episodes = stats.episodes
   per_episode = lambda total: jnp.where(episodes > 0, total / jnp.maximum(episodes, 1.0), jnp.nan)  # noqa: E731
   return {
@@ -157,7 +163,9 @@ def rollout_metrics(stats: EpisodeStats, transitions: Transition) -> Metrics:
     "terminations": stats.terminations,
     "truncations": stats.truncations,
     "termination_rate": per_episode(stats.terminations),
-    "action_saturation": diagnostics.action_saturation(transitions.action),
+    "action_saturation": diagnostics.action_saturation(
+      distribution.to_env(transitions.action), distribution.saturation_bound
+    ),
     "action_abs_mean": jnp.mean(jnp.abs(transitions.action)),
     **{f"env/{name}": per_episode(total) for name, total in stats.metrics.items()},
   }
@@ -233,7 +241,7 @@ def train_step(
   params, opt_state, normalizer, learning_rate = optax.tree.where(finite, new, old)
 
   # Monitor.
-  rollout_stats = rollout_metrics(stats, transitions)
+  rollout_stats = rollout_metrics(stats, transitions, networks.distribution)
   signals = monitor.Signals(
     update_kl=measured["update_kl"],
     clip_fraction=measured["update_clip_fraction"],

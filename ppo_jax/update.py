@@ -20,8 +20,10 @@ from ppo_jax.losses import LossMetrics
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import ActorCriticParams, Batch, Metrics
 
-# loss_fn(params, normalizer, minibatch) -> (loss, metrics without gradient).
-LossFn = Callable[[ActorCriticParams, RunningStatistics, Batch], tuple[jax.Array, LossMetrics]]
+# loss_fn(params, normalizer, minibatch, key) -> (loss, metrics without gradient).
+LossFn = Callable[
+  [ActorCriticParams, RunningStatistics, Batch, jax.Array], tuple[jax.Array, LossMetrics]
+]
 
 
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
@@ -77,8 +79,11 @@ def minibatch_update(
   learner: Learner,
   stopped: jax.Array,
   minibatch: Batch,
+  key: jax.Array,
 ) -> tuple[Learner, jax.Array, UpdateMetrics]:
   """One gradient step on a minibatch [minibatch_size, ...], unless the early stop is on.
+
+  `key` is the loss's (the entropy estimate of a tanh-squashed policy).
 
   Returns:
     (the learner after it, whether the early stop is on from now, its metrics).
@@ -90,11 +95,13 @@ def minibatch_update(
     return jax.lax.cond(stopped, skip, run, *args)
 
   def measure(params):
-    _, metrics = loss_fn(params, normalizer, minibatch)
+    _, metrics = loss_fn(params, normalizer, minibatch, key)
     return metrics, jax.tree.map(jnp.zeros_like, params)
 
   def measure_and_differentiate(params):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, normalizer, minibatch)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, normalizer, minibatch, key
+    )
     return metrics, grads
 
   # Once stopped, a minibatch is only measured: no gradient is computed.
@@ -143,13 +150,16 @@ def epochs(
       lambda x: x[order].reshape(cfg.num_minibatches, cfg.minibatch_size, *x.shape[1:]), batch
     )
 
-    def step(carry, minibatch):
+    # Folded in, so the shuffles stay those of the epoch key alone.
+    loss_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), cfg.num_minibatches)
+
+    def step(carry, minibatch_and_key):
       learner, stopped, update = minibatch_update(
-        cfg, loss_fn, optimizer, normalizer, *carry, minibatch
+        cfg, loss_fn, optimizer, normalizer, *carry, *minibatch_and_key
       )
       return (learner, stopped), update
 
-    return jax.lax.scan(step, carry, minibatches)
+    return jax.lax.scan(step, carry, (minibatches, loss_keys))
 
   # Epoch keys are folded in, so epoch e shuffles alike whatever num_updates_per_batch is.
   epoch_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(cfg.num_updates_per_batch))

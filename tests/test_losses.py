@@ -90,7 +90,7 @@ def make_evaluate(cfg):
       target=target,
     )
     values = net.value(params.value, normalizer, obs)
-    loss, metrics = loss_fn(params, normalizer, batch)
+    loss, metrics = loss_fn(params, normalizer, batch, jax.random.fold_in(key, 1))
     return batch, values, loss, metrics
 
   def run(seed, log_prob_shift=0.0):
