@@ -5,8 +5,8 @@ python -m experiments.compare --env brax/inverted_pendulum --algorithms ppo trpo
 
 `--env` is an env name or a preset name; the run starts from the preset for that env (or
 PPOConfig's defaults), with `--steps` and any `--set` overrides, and differs between the
-algorithms only in `algorithm` (TRPO drops PPO's `target_kl`, and an "adaptive_kl" schedule
-becomes "constant": the learning rate then moves only TRPO's value network). Each algorithm
+algorithms only in `algorithm` (TRPO drops PPO's `target_kl`, and an "ADAPTIVE_KL" schedule
+becomes None, a constant rate: the learning rate then moves only TRPO's value network). Each algorithm
 trains `--seeds` seeds in one vmapped program (`num_seeds`), in OUT/<algorithm>/.
 
 OUT gets table.md and table.csv: per algorithm, the mean and a 95% confidence interval
@@ -83,8 +83,8 @@ def for_algorithm(cfg: PPOConfig, algorithm: str, seeds: int) -> PPOConfig:
   changes = {"algorithm": algorithm, "num_seeds": seeds}
   if algorithm == "trpo":
     changes["target_kl"] = None
-    if cfg.learning_rate_schedule == "adaptive_kl":
-      changes["learning_rate_schedule"] = "constant"
+    if cfg.learning_rate_schedule == "ADAPTIVE_KL":
+      changes["learning_rate_schedule"] = None
   return dataclasses.replace(cfg, **changes)
 
 

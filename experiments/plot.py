@@ -246,7 +246,7 @@ def _plot_entropy(ax, runs: list[Run], colors: list) -> bool:
 def _plot_learning_rate(ax, runs: list[Run], colors: list) -> bool:
   drawn = _plot_scalar(ax, runs, colors, "learning_rate", "learning rate")
   rates = np.concatenate([series(r.metrics, "learning_rate")[1] for r in runs])
-  adaptive = any(r.config.get("learning_rate_schedule") == "adaptive_kl" for r in runs)
+  adaptive = any(r.config.get("learning_rate_schedule") == "ADAPTIVE_KL" for r in runs)
   if drawn and adaptive and rates.min() > 0:  # it moves by factors of 1.5
     ax.set_yscale("log")
   elif drawn:

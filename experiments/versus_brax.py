@@ -40,6 +40,7 @@ from experiments import presets
 from experiments.tables import Row, mean_and_interval, plot_band, write_tables
 from experiments.train import add_config_options, parse_args
 from ppo_jax import PPOConfig, logger, train
+from ppo_jax.brax_keywords import NETWORK_KEYWORDS
 
 TRAINERS = ("brax", "ours")
 
@@ -84,18 +85,14 @@ def base_config(env: str) -> PPOConfig:
   return PPOConfig(env=env)
 
 
-# Our field -> Brax's `ppo.train` keyword, where the names differ.
-_BRAX_NAMES = {
-  "value_loss_coef": "vf_loss_coefficient",
-  "min_learning_rate": "learning_rate_schedule_min_lr",
-  "max_learning_rate": "learning_rate_schedule_max_lr",
-}
-# Keywords of Brax's `make_ppo_networks` that the network fields set.
-_NETWORK_FIELDS = ("policy_hidden_layer_sizes", "value_hidden_layer_sizes")
-
-
 def brax_arguments(cfg: PPOConfig) -> dict:
-  """Brax's `ppo.train` keyword arguments for the run `cfg` describes (seed and env apart).
+  """Brax's `ppo.train` keyword arguments for the run `cfg` describes (seed and env apart):
+  every field of a `ppo.train` keyword's name, and the network fields bound into
+  `network_factory`.
+
+  Brax's GAE gives every truncated step a zero advantage whatever its bootstrap_on_timeout
+  (whose True needs envs that report info["time_out"], which no Brax or Playground env does),
+  so Brax always gets False: `bootstrap_on_timeout=False` makes ours do the same.
 
   Raises:
     ValueError: `cfg` uses something Brax's trainer does not have.
@@ -107,7 +104,8 @@ def brax_arguments(cfg: PPOConfig) -> dict:
   beyond = {
     "algorithm": cfg.algorithm != "ppo",
     "target_kl": cfg.target_kl is not None,
-    "learning_rate_schedule": cfg.learning_rate_schedule == "linear",
+    "max_update_kl": cfg.max_update_kl is not None,
+    "learning_rate_schedule": cfg.learning_rate_schedule == "LINEAR",
   }
   for field, used in beyond.items():
     if used:
@@ -115,19 +113,16 @@ def brax_arguments(cfg: PPOConfig) -> dict:
         f"{field} ({getattr(cfg, field)!r}) has no counterpart in Brax's ppo.train; "
         "the comparison needs settings both trainers have"
       )
-  keywords = set(inspect.signature(brax_train.train).parameters)
-  arguments = {}
-  for field in dataclasses.fields(cfg):
-    name = _BRAX_NAMES.get(field.name, field.name)
-    if name in keywords and name not in ("seed", "learning_rate_schedule"):
-      arguments[name] = getattr(cfg, field.name)
-  if cfg.learning_rate_schedule == "adaptive_kl":
-    arguments["learning_rate_schedule"] = "ADAPTIVE_KL"
-  arguments["network_factory"] = functools.partial(
-    brax_networks.make_ppo_networks,
-    activation=getattr(linen, cfg.activation),
-    **{name: getattr(cfg, name) for name in _NETWORK_FIELDS},
-  )
+  keywords = inspect.signature(brax_train.train).parameters
+  arguments = {
+    field.name: getattr(cfg, field.name)
+    for field in dataclasses.fields(cfg)
+    if field.name in keywords and field.name != "seed"
+  }
+  arguments["bootstrap_on_timeout"] = False
+  networks = {name: getattr(cfg, name) for name in NETWORK_KEYWORDS}
+  networks["activation"] = getattr(linen, cfg.activation)
+  arguments["network_factory"] = functools.partial(brax_networks.make_ppo_networks, **networks)
   return arguments
 
 

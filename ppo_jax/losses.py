@@ -138,14 +138,14 @@ def ppo_loss(
   batch: Batch,
   key: jax.Array,
   *,
-  value_loss_coef: float,
+  vf_loss_coefficient: float,
   **term_kwargs,
 ) -> tuple[jax.Array, LossMetrics]:
   """PPO's minibatch objective, to be minimized: (loss, metrics), metrics without gradient.
 
-  loss = -clipped surrogate + value_loss_coef * value loss - entropy_cost * entropy.
+  loss = -clipped surrogate + vf_loss_coefficient * value loss - entropy_cost * entropy.
   `term_kwargs` are `loss_terms`'s keyword arguments.
   """
   terms, metrics = loss_terms(params, normalizer, batch, key, **term_kwargs)
-  total = terms.policy + value_loss_coef * terms.value + terms.entropy
+  total = terms.policy + vf_loss_coefficient * terms.value + terms.entropy
   return total, jax.lax.stop_gradient(metrics._replace(total_loss=total))

@@ -44,7 +44,7 @@ class GaussianPolicy(nn.Module):
   hidden_layer_sizes: Sequence[int]
   action_size: int
   activation: Callable[[jax.Array], jax.Array]
-  std_type: str
+  state_dependent_std: bool
   init_std: float
   min_std: float
 
@@ -55,7 +55,7 @@ class GaussianPolicy(nn.Module):
     small = nn.initializers.variance_scaling(0.01, "fan_in", "uniform")
     mean = nn.Dense(self.action_size, kernel_init=small)(hidden)
     raw_init = _inverse_softplus(max(self.init_std - self.min_std, 1e-6))
-    if self.std_type == "parameter":
+    if not self.state_dependent_std:
       raw = self.param("raw_std", nn.initializers.constant(raw_init), (self.action_size,))
       raw = jnp.broadcast_to(raw, mean.shape)
     else:
@@ -101,8 +101,8 @@ def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -
     hidden_layer_sizes=cfg.policy_hidden_layer_sizes,
     action_size=action_size,
     activation=activation,
-    std_type=cfg.action_std_type,
-    init_std=cfg.init_action_std,
+    state_dependent_std=cfg.state_dependent_std,
+    init_std=cfg.init_noise_std,
     min_std=cfg.min_action_std,
   )
   value_net = ValueNetwork(cfg.value_hidden_layer_sizes, activation)

@@ -41,7 +41,7 @@ class TrainState:
     params: policy and value network parameters.
     opt_state: optimizer state.
     normalizer: running observation statistics.
-    learning_rate: [] current learning rate (moved by the "adaptive_kl" schedule).
+    learning_rate: [] current learning rate (moved by the "ADAPTIVE_KL" schedule).
     env_state: [num_envs, ...] state of every training environment.
     key: PRNG key.
     iteration: [] completed training iterations.
@@ -113,6 +113,7 @@ def make_batch(
     transitions.truncation,
     cfg.discounting,
     cfg.gae_lambda,
+    cfg.bootstrap_on_timeout,
   )
   batch = Batch(
     obs=transitions.obs,
@@ -287,7 +288,7 @@ def make_loss(cfg: PPOConfig, networks: ActorCritic) -> update.LossFn:
     clipping_epsilon_value=cfg.clipping_epsilon_value,
     entropy_cost=cfg.entropy_cost,
     normalize_advantage=cfg.normalize_advantage,
-    value_loss_coef=cfg.value_loss_coef,
+    vf_loss_coefficient=cfg.vf_loss_coefficient,
   )
 
 
@@ -324,11 +325,29 @@ def make_train_step(
 def make_train_chunk(
   cfg: PPOConfig, env: envs.Environment, networks: ActorCritic
 ) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
-  """Scans `iterations_per_chunk` training steps: state -> (state, metrics [K, ...])."""
+  """Scans `iterations_per_chunk` training steps: state -> (state, metrics [K, ...]).
+
+  With `num_resets_per_eval` R > 0, every env is reset after each `iterations_per_reset` of
+  them (R times per chunk), as Brax's trainer does between evaluations.
+  """
   step = make_train_step(cfg, env, networks)
 
+  def iterations(state: TrainState) -> tuple[TrainState, Metrics]:
+    return jax.lax.scan(lambda s, _: step(s), state, None, length=cfg.iterations_per_reset)
+
+  def iterations_then_reset(state: TrainState, _) -> tuple[TrainState, Metrics]:
+    state, metrics = iterations(state)
+    key, reset_key = jax.random.split(state.key)
+    env_state = jax.vmap(env.reset)(jax.random.split(reset_key, cfg.num_envs))
+    return state.replace(env_state=env_state, key=key), metrics
+
   def chunk(state: TrainState) -> tuple[TrainState, Metrics]:
-    return jax.lax.scan(lambda s, _: step(s), state, None, length=cfg.iterations_per_chunk)
+    if cfg.num_resets_per_eval == 0:
+      return iterations(state)
+    state, metrics = jax.lax.scan(
+      iterations_then_reset, state, None, length=cfg.num_resets_per_eval
+    )
+    return state, jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), metrics)
 
   return chunk
 

@@ -312,11 +312,11 @@ def value_fit_loss(
   batch: Batch,
   key: jax.Array,
   *,
-  value_loss_coef: float,
+  vf_loss_coefficient: float,
   **term_kwargs,
 ) -> tuple[jax.Array, LossMetrics]:
-  """TRPO's minibatch objective: value_loss_coef * the value loss alone, since the policy
+  """TRPO's minibatch objective: vf_loss_coefficient * the value loss alone, since the policy
   moves by `policy_step`; the metrics are PPO's (see `losses.loss_terms`)."""
   terms, metrics = loss_terms(params, normalizer, batch, key, **term_kwargs)
-  total = value_loss_coef * terms.value
+  total = vf_loss_coefficient * terms.value
   return total, jax.lax.stop_gradient(metrics._replace(total_loss=total))

@@ -40,10 +40,10 @@ def scheduled_learning_rate(cfg: PPOConfig, iteration: jax.Array, current: jax.A
     iteration: [] completed iterations.
     current: [] the rate the state carries (the adaptive schedule's own value).
   """
-  if cfg.learning_rate_schedule == "linear":
+  if cfg.learning_rate_schedule == "LINEAR":
     progress = iteration.astype(jnp.float32) / cfg.num_iterations
     return jnp.asarray(cfg.learning_rate, jnp.float32) * (1.0 - progress)
-  # "constant" keeps cfg.learning_rate; "adaptive_kl" carries its own value.
+  # None keeps cfg.learning_rate; "ADAPTIVE_KL" carries its own value.
   return current
 
 
@@ -51,7 +51,9 @@ def adapt_learning_rate(cfg: PPOConfig, learning_rate: jax.Array, kl: jax.Array)
   """rsl_rl's rule: / 1.5 above 2 * desired_kl, * 1.5 below desired_kl / 2, clamped."""
   learning_rate = jnp.where(kl > 2.0 * cfg.desired_kl, learning_rate / 1.5, learning_rate)
   learning_rate = jnp.where(kl < 0.5 * cfg.desired_kl, learning_rate * 1.5, learning_rate)
-  return jnp.clip(learning_rate, cfg.min_learning_rate, cfg.max_learning_rate)
+  return jnp.clip(
+    learning_rate, cfg.learning_rate_schedule_min_lr, cfg.learning_rate_schedule_max_lr
+  )
 
 
 class Learner(NamedTuple):
@@ -109,7 +111,7 @@ def minibatch_update(
   if cfg.target_kl is not None:
     stopped = stopped | (metrics.approx_kl > cfg.target_kl_factor * cfg.target_kl)
   learning_rate = learner.learning_rate
-  if cfg.learning_rate_schedule == "adaptive_kl":
+  if cfg.learning_rate_schedule == "ADAPTIVE_KL":
     learning_rate = jnp.where(
       stopped, learning_rate, adapt_learning_rate(cfg, learning_rate, metrics.exact_kl)
     )

@@ -39,7 +39,7 @@ def test_replicated_put_provides_the_function_only_inside_the_block():
 
 
 def test_brax_gets_every_setting_under_its_own_keyword():
-  cfg = tiny(clipping_epsilon_value=0.2, max_grad_norm=0.5, learning_rate_schedule="adaptive_kl")
+  cfg = tiny(clipping_epsilon_value=0.2, max_grad_norm=0.5, learning_rate_schedule="ADAPTIVE_KL")
   arguments = versus_brax.brax_arguments(cfg)
   keywords = inspect.signature(brax_train.train).parameters
   assert set(arguments) <= set(keywords)
@@ -53,7 +53,7 @@ def test_brax_gets_every_setting_under_its_own_keyword():
 
 
 @pytest.mark.parametrize(
-  "change", [{"target_kl": 0.02}, {"algorithm": "trpo"}, {"learning_rate_schedule": "linear"}]
+  "change", [{"target_kl": 0.02}, {"algorithm": "trpo"}, {"learning_rate_schedule": "LINEAR"}]
 )
 def test_settings_brax_lacks_are_refused_naming_the_field(change):
   with pytest.raises(ValueError, match=next(iter(change))):
