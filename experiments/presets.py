@@ -107,6 +107,26 @@ PRESETS: dict[str, PPOConfig] = {
     normalize_observations=True,
     num_evals=14,  # 13 chunks of one iteration: 2.13M steps
   ),
+  # TRPO's own settings for the same task: one natural-gradient step per iteration, so many
+  # more, smaller batches than PPO's (256 envs x 32 steps = 8,192 per step, 260 steps), the
+  # value network fitted by 5 epochs of 4 minibatches; Brax's env settings otherwise.
+  "brax_inverted_pendulum_trpo": PPOConfig(
+    env="brax/inverted_pendulum",
+    algorithm="trpo",
+    num_timesteps=2_000_000,
+    num_envs=256,
+    batch_size=64,
+    unroll_length=32,
+    num_minibatches=4,
+    num_updates_per_batch=5,
+    episode_length=1000,
+    learning_rate=1e-3,
+    discounting=0.97,
+    reward_scaling=10.0,
+    normalize_observations=True,
+    trpo_max_kl=0.01,
+    num_evals=21,  # 20 chunks of 13 iterations: 2.13M steps
+  ),
   # Brax training colab (notebooks/training.ipynb) train_fns["inverted_double_pendulum"].
   "brax_inverted_double_pendulum": _brax(
     "inverted_double_pendulum",

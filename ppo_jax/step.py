@@ -231,6 +231,12 @@ def train_step(
   learner, updates, step_metrics = learn(
     cfg, loss_fn, policy_step, state, normalizer, batch, sgd_key
   )
+  if cfg.max_update_kl is not None:
+    policy, backstop_metrics = update.backstop(
+      cfg, networks, state.params.policy, learner.params.policy, normalizer, batch
+    )
+    learner = learner._replace(params=learner.params.replace(policy=policy))
+    step_metrics = {**step_metrics, **backstop_metrics}
   measured = measure_update(
     networks, cfg.clipping_epsilon, learner.params.policy, normalizer, batch
   )

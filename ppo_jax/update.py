@@ -3,22 +3,26 @@
 `epochs` runs `num_updates_per_batch` epochs of `num_minibatches` updates as two nested
 scans. The target-KL early stop skips every update after the first minibatch whose KL is
 too high; the adaptive learning rate moves after each minibatch. Both act inside the scan,
-with no host round-trip.
+with no host round-trip. `backstop` then bounds the KL of the update as a whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from ppo_jax import diagnostics, trpo
 from ppo_jax.config import PPOConfig
 from ppo_jax.losses import LossMetrics
 from ppo_jax.normalization import RunningStatistics
-from ppo_jax.types import ActorCriticParams, Batch, Metrics
+from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params
+
+if TYPE_CHECKING:
+  from ppo_jax.networks import ActorCritic
 
 # loss_fn(params, normalizer, minibatch, key) -> (loss, metrics without gradient).
 LossFn = Callable[
@@ -186,3 +190,45 @@ def reduce_epochs(updates: UpdateMetrics) -> Metrics:
   metrics["minibatch_updates_applied"] = jnp.sum(applied)
   metrics["epochs_applied"] = jnp.sum(jnp.any(updates.applied, axis=1))
   return metrics
+
+
+def backstop(
+  cfg: PPOConfig,
+  networks: ActorCritic,
+  old_policy: Params,
+  new_policy: Params,
+  normalizer: RunningStatistics,
+  batch: Batch,
+) -> tuple[Params, Metrics]:
+  """The trust-region backstop: the policy after the update, its KL bounded by `max_update_kl`.
+
+  The KL is the update's (k3 over the batch against the rollout policy, as `update_kl`).
+  Within the bound the update stands; beyond it the policy is pulled back along the update,
+  old + 0.5**k (new - old) for k = 1 .. `max_update_kl_backtracks` (TRPO's line search on the
+  KL alone), to the first within the bound; when none is, the policy is the old one, bitwise.
+  The value network keeps its update, and the optimizer state its moments: they are
+  statistics of the gradients seen, not of the step taken, and the next iteration's first
+  minibatches wash them out.
+
+  Returns:
+    (policy params, {"backstop_fraction": the fraction of the update kept (1, 0.5**k or 0),
+    "backstop_steps": the halvings made (max_update_kl_backtracks when rejected)}).
+  """
+
+  def kl(policy):
+    distribution = networks.policy(policy, normalizer, batch.obs)
+    return diagnostics.approx_kl(distribution.log_prob(batch.action) - batch.log_prob)
+
+  def pull_back(_):
+    step = jax.tree.map(jnp.subtract, new_policy, old_policy)
+    search = trpo.line_search(
+      None, kl, old_policy, step, None, cfg.max_update_kl, cfg.max_update_kl_backtracks + 1, 0.5
+    )
+    steps = jnp.minimum(search.backtracks, cfg.max_update_kl_backtracks)
+    return search.params, search.step_fraction, steps
+
+  def keep(_):
+    return new_policy, jnp.ones(()), jnp.zeros((), jnp.int32)
+
+  policy, fraction, steps = jax.lax.cond(kl(new_policy) <= cfg.max_update_kl, keep, pull_back, None)
+  return policy, {"backstop_fraction": fraction, "backstop_steps": steps}
