@@ -40,6 +40,7 @@ import numpy as np
 
 from envs import Environment
 from ppo_jax import checkpoint, health, load_policy, logger
+from ppo_jax.distribution import DISTRIBUTIONS
 from ppo_jax.rollout import Trace, first_episodes, summarize, trace_episodes
 from ppo_jax.step import make_env
 
@@ -64,6 +65,7 @@ def make_rollout(
   policy: Callable[..., jax.Array],
   num_episodes: int,
   record_env0: bool,
+  saturation_bound: float = 1.0,
 ) -> Callable[[jax.Array], tuple[Trace, Any]]:
   """Returns rollout(key) -> (trace [T, N, ...], env 0's render states [T, ...] or None),
   as `ppo_jax.rollout.trace_episodes` records them.
@@ -74,9 +76,10 @@ def make_rollout(
       a deterministic one ignores the key.
     num_episodes: N, envs run in parallel, one episode each.
     record_env0: also return env 0's render states before each step (for a video).
+    saturation_bound: the policy distribution's (`DiagonalGaussian.saturation_bound`).
   """
   record = render_states(env) if record_env0 else None
-  return lambda key: trace_episodes(env, policy, key, num_episodes, record)
+  return lambda key: trace_episodes(env, policy, key, num_episodes, record, saturation_bound)
 
 
 def one_line(error: BaseException) -> str:
@@ -237,7 +240,8 @@ def main(argv: list[str] | None = None) -> Path:
     env = make_env(cfg)
   no_video = "skipped (--no-video)" if args.no_video else rendering_unavailable(cfg.env, gl_error)
   policy = load_policy(run_dir, deterministic=args.deterministic)
-  rollout = jax.jit(make_rollout(env, policy, args.episodes, record_env0=no_video is None))
+  bound = DISTRIBUTIONS[cfg.distribution_type].saturation_bound
+  rollout = jax.jit(make_rollout(env, policy, args.episodes, no_video is None, bound))
   trace, states = rollout(jax.random.PRNGKey(args.seed))
   trace = {name: np.asarray(value) for name, value in jax.device_get(trace)._asdict().items()}
 

@@ -36,6 +36,34 @@ _PLAYGROUND_DM_CONTROL = {
 }
 
 
+def dm_control_cpu(name: str, **overrides) -> PPOConfig:
+  """A Playground DM Control Suite task with settings that learn on a CPU in minutes.
+
+  Playground's own settings (2048 envs, 60M steps) are for accelerators; these collect
+  65,536 steps per iteration in 64 envs (32 unrolls of 32 steps each, 32 minibatches of 64
+  segments, 10 epochs), CleanRL's discount 0.99, no entropy bonus and unscaled rewards, for
+  20 iterations (1.31M steps) with an evaluation every 4.
+  """
+  settings = dict(
+    num_timesteps=1_300_000,
+    num_evals=6,  # 5 chunks of 4 iterations: 1.31M steps
+    num_eval_envs=32,
+    episode_length=1000,
+    action_repeat=1,
+    num_envs=64,
+    unroll_length=32,
+    batch_size=64,
+    num_minibatches=32,
+    num_updates_per_batch=10,
+    learning_rate=3e-4,
+    discounting=0.99,
+    entropy_cost=0.0,
+    reward_scaling=1.0,
+    normalize_observations=True,
+  )
+  return PPOConfig(env=f"playground/{name}", **{**settings, **overrides})
+
+
 def _brax(name: str, **published) -> PPOConfig:
   """A Brax env on the mjx pipeline with the settings every Brax PPO entry shares."""
   shared = dict(
@@ -78,6 +106,26 @@ PRESETS: dict[str, PPOConfig] = {
     reward_scaling=10.0,
     normalize_observations=True,
     num_evals=14,  # 13 chunks of one iteration: 2.13M steps
+  ),
+  # TRPO's own settings for the same task: one natural-gradient step per iteration, so many
+  # more, smaller batches than PPO's (256 envs x 32 steps = 8,192 per step, 260 steps), the
+  # value network fitted by 5 epochs of 4 minibatches; Brax's env settings otherwise.
+  "brax_inverted_pendulum_trpo": PPOConfig(
+    env="brax/inverted_pendulum",
+    algorithm="trpo",
+    num_timesteps=2_000_000,
+    num_envs=256,
+    batch_size=64,
+    unroll_length=32,
+    num_minibatches=4,
+    num_updates_per_batch=5,
+    episode_length=1000,
+    learning_rate=1e-3,
+    discounting=0.97,
+    reward_scaling=10.0,
+    normalize_observations=True,
+    trpo_max_kl=0.01,
+    num_evals=21,  # 20 chunks of 13 iterations: 2.13M steps
   ),
   # Brax training colab (notebooks/training.ipynb) train_fns["inverted_double_pendulum"].
   "brax_inverted_double_pendulum": _brax(

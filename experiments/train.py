@@ -81,14 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     default=30,
     help="a process silent this long makes the others stop with an error",
   )
+  add_config_options(parser, "preset's value if omitted")
+  return parser
+
+
+def add_config_options(parser: argparse.ArgumentParser, omitted: str) -> None:
+  """A --<field> option per PPOConfig field, absent from the parsed arguments unless given."""
   for field in dataclasses.fields(PPOConfig):
     parser.add_argument(
       f"--{field.name}",
       type=parse_value,
       default=argparse.SUPPRESS,
-      help=f"{field.metadata['help']} [{field.type}; preset's value if omitted]",
+      help=f"{field.metadata['help']} [{field.type}; {omitted}]",
     )
-  return parser
 
 
 def did_you_mean(word: str, candidates: list[str]) -> str:
@@ -106,7 +111,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
       known = [s for action in parser._actions for s in action.option_strings]
       parser.error(f"unknown option {name}{did_you_mean(name, known)}")
   if unknown:
-    parser.error(f"unexpected argument(s): {' '.join(unknown)} (a single preset name at most)")
+    parser.error(f"unexpected argument(s): {' '.join(unknown)}")
   return vars(args)
 
 

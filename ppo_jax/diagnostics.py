@@ -74,13 +74,15 @@ def explained_variance(predictions: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def action_saturation(action: jax.Array, bound: float = 1.0) -> jax.Array:
-  """Fraction of action dimensions at or beyond the bounds [-bound, bound], before clipping.
+  """Fraction of action dimensions with |action| >= bound.
 
-  The policy is an unsquashed Gaussian whose samples the env clips, so a dimension at or past
-  the bound is one whose actuator the env drives at its limit.
+  For a clipped Gaussian (bound 1) a dimension at or past the bound is one whose actuator the
+  env drives at its limit; for a tanh-squashed one (bound 0.99) one where tanh's slope has
+  fallen below 2%, so the policy can hardly move the actuator further out.
 
   Args:
-    action: [..., action_size] actions as sampled, unclipped.
+    action: [..., action_size] actions (a clipped Gaussian's as sampled or clipped alike).
+    bound: the distribution's `saturation_bound`.
   Returns:
     Scalar in [0, 1].
   """

@@ -16,6 +16,7 @@ def compute_gae(
   truncations: jax.Array,
   discounting: float,
   gae_lambda: float,
+  bootstrap_on_timeout: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
   """Advantages and value targets of a rollout.
 
@@ -24,6 +25,8 @@ def compute_gae(
   bootstrap; a truncation keeps it (the episode was cut, not finished). Either one cuts
   the lambda-trace, because the next step belongs to a new episode:
   A_t = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}, and A_T = 0 past the rollout.
+  Without `bootstrap_on_timeout` a truncated step's delta is 0 instead, as in Brax's GAE: it
+  gets no advantage and its own value as target.
 
   Args:
     rewards: [T, B] rewards.
@@ -33,6 +36,7 @@ def compute_gae(
     truncations: [T, B] 1.0 where the episode was cut by the time limit at step t.
     discounting: gamma.
     gae_lambda: lambda.
+    bootstrap_on_timeout: bootstrap truncated steps (True) or zero their deltas (False).
   Returns:
     (advantages, value_targets), each [T, B]; value_targets = advantages + values.
   """
@@ -41,6 +45,8 @@ def compute_gae(
   continues = 1.0 - terminations
   traces = 1.0 - jnp.maximum(terminations, truncations)
   deltas = rewards + discounting * continues * next_values - values
+  if not bootstrap_on_timeout:
+    deltas = deltas * (1.0 - truncations)
 
   def backward(advantage, step):
     delta, trace = step

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 
 from ppo_jax import diagnostics
-from ppo_jax.distribution import DiagonalGaussian
 from ppo_jax.gae import normalize_advantages
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import ActorCriticParams, Batch
@@ -87,6 +86,7 @@ def loss_terms(
   params: ActorCriticParams,
   normalizer: RunningStatistics,
   batch: Batch,
+  key: jax.Array,
   *,
   networks: ActorCritic,
   clipping_epsilon: float,
@@ -95,6 +95,8 @@ def loss_terms(
   normalize_advantage: bool,
 ) -> tuple[LossTerms, LossMetrics]:
   """The PPO loss terms of a flat minibatch [N, ...] and its diagnostics.
+
+  `key` draws the sample of a tanh-squashed policy's entropy estimate (see `distribution`).
 
   Returns:
     (terms, metrics); metrics.total_loss is left 0 for the objective to fill in.
@@ -107,9 +109,9 @@ def loss_terms(
   advantages = normalize_advantages(batch.advantage) if normalize_advantage else batch.advantage
   policy_loss = -jnp.mean(clipped_surrogate(ratio, advantages, clipping_epsilon))
   v_loss = value_loss(values, batch.value, batch.target, clipping_epsilon_value)
-  entropy = jnp.mean(distribution.entropy())
+  entropy = jnp.mean(distribution.entropy(key))
   entropy_loss = -entropy_cost * entropy
-  rollout = DiagonalGaussian(batch.mean, batch.std)
+  rollout = distribution.replace(mean=batch.mean, std=batch.std)
   metrics = LossMetrics(
     total_loss=jnp.zeros(()),
     policy_loss=policy_loss,
@@ -134,15 +136,16 @@ def ppo_loss(
   params: ActorCriticParams,
   normalizer: RunningStatistics,
   batch: Batch,
+  key: jax.Array,
   *,
-  value_loss_coef: float,
+  vf_loss_coefficient: float,
   **term_kwargs,
 ) -> tuple[jax.Array, LossMetrics]:
   """PPO's minibatch objective, to be minimized: (loss, metrics), metrics without gradient.
 
-  loss = -clipped surrogate + value_loss_coef * value loss - entropy_cost * entropy.
+  loss = -clipped surrogate + vf_loss_coefficient * value loss - entropy_cost * entropy.
   `term_kwargs` are `loss_terms`'s keyword arguments.
   """
-  terms, metrics = loss_terms(params, normalizer, batch, **term_kwargs)
-  total = terms.policy + value_loss_coef * terms.value + terms.entropy
+  terms, metrics = loss_terms(params, normalizer, batch, key, **term_kwargs)
+  total = terms.policy + vf_loss_coefficient * terms.value + terms.entropy
   return total, jax.lax.stop_gradient(metrics._replace(total_loss=total))

@@ -113,7 +113,7 @@ def kl_reference(cfg: PPOConfig, kl_history: jax.Array) -> jax.Array:
   (NaN, so no spike, until half the window is filled)."""
   if cfg.target_kl is not None:
     return jnp.asarray(cfg.target_kl, jnp.float32)
-  if cfg.learning_rate_schedule == "adaptive_kl":
+  if cfg.learning_rate_schedule == "ADAPTIVE_KL":
     return jnp.asarray(cfg.desired_kl, jnp.float32)
   return _recent_median(kl_history)
 

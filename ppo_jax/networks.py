@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ppo_jax import normalization
-from ppo_jax.distribution import DiagonalGaussian, to_env
+from ppo_jax.distribution import DISTRIBUTIONS, DiagonalGaussian
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import ActorCriticParams, Params
 
@@ -44,7 +44,7 @@ class GaussianPolicy(nn.Module):
   hidden_layer_sizes: Sequence[int]
   action_size: int
   activation: Callable[[jax.Array], jax.Array]
-  std_type: str
+  state_dependent_std: bool
   init_std: float
   min_std: float
 
@@ -55,7 +55,7 @@ class GaussianPolicy(nn.Module):
     small = nn.initializers.variance_scaling(0.01, "fan_in", "uniform")
     mean = nn.Dense(self.action_size, kernel_init=small)(hidden)
     raw_init = _inverse_softplus(max(self.init_std - self.min_std, 1e-6))
-    if self.std_type == "parameter":
+    if not self.state_dependent_std:
       raw = self.param("raw_std", nn.initializers.constant(raw_init), (self.action_size,))
       raw = jnp.broadcast_to(raw, mean.shape)
     else:
@@ -85,11 +85,13 @@ class ActorCritic:
     init: key -> ActorCriticParams.
     policy: (policy_params, normalizer, obs [..., obs_size]) -> the action distribution.
     value: (value_params, normalizer, obs [..., obs_size]) -> value [...].
+    distribution: the class `policy` returns (`DiagonalGaussian` or `TanhGaussian`).
   """
 
   init: Callable[[jax.Array], ActorCriticParams]
   policy: Callable[[Params, RunningStatistics, jax.Array], DiagonalGaussian]
   value: Callable[[Params, RunningStatistics, jax.Array], jax.Array]
+  distribution: type[DiagonalGaussian] = DiagonalGaussian
 
 
 def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -> ActorCritic:
@@ -99,11 +101,12 @@ def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -
     hidden_layer_sizes=cfg.policy_hidden_layer_sizes,
     action_size=action_size,
     activation=activation,
-    std_type=cfg.action_std_type,
-    init_std=cfg.init_action_std,
+    state_dependent_std=cfg.state_dependent_std,
+    init_std=cfg.init_noise_std,
     min_std=cfg.min_action_std,
   )
   value_net = ValueNetwork(cfg.value_hidden_layer_sizes, activation)
+  distribution = DISTRIBUTIONS[cfg.distribution_type]
   dummy = jnp.zeros((1, observation_size), jnp.float32)
 
   def init(key: jax.Array) -> ActorCriticParams:
@@ -113,12 +116,12 @@ def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -
     )
 
   def policy(params, normalizer, obs):
-    return DiagonalGaussian(*policy_net.apply(params, normalization.normalize(normalizer, obs)))
+    return distribution(*policy_net.apply(params, normalization.normalize(normalizer, obs)))
 
   def value(params, normalizer, obs):
     return value_net.apply(params, normalization.normalize(normalizer, obs))
 
-  return ActorCritic(init=init, policy=policy, value=value)
+  return ActorCritic(init=init, policy=policy, value=value, distribution=distribution)
 
 
 def make_policy(
@@ -135,7 +138,7 @@ def make_policy(
   def policy(obs: jax.Array, key: jax.Array | None = None) -> jax.Array:
     distribution = networks.policy(policy_params, normalizer, obs)
     if key is None or deterministic:
-      return to_env(distribution.mode())
-    return to_env(distribution.sample(key))
+      return distribution.to_env(distribution.mode())
+    return distribution.to_env(distribution.sample(key))
 
   return policy

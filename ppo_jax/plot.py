@@ -195,7 +195,7 @@ def constant_rate(run: Run) -> float | None:
 def _plot_learning_rate(ax, runs: list[Run], colors: list) -> Styles | None:
   drawn = _lines(ax, runs, colors, "learning_rate", dict(lw=1.2))
   rates = np.concatenate([series(r.metrics, "learning_rate")[1] for r in runs])
-  adaptive = any(r.config.get("learning_rate_schedule") == "adaptive_kl" for r in runs)
+  adaptive = any(r.config.get("learning_rate_schedule") == "ADAPTIVE_KL" for r in runs)
   if drawn and adaptive and rates.min() > 0:  # it moves by factors of 1.5
     ax.set_yscale("log")
   elif drawn:

@@ -11,7 +11,6 @@ import numpy as np
 
 from envs import Environment, EnvState
 from ppo_jax import sharding
-from ppo_jax.distribution import to_env
 from ppo_jax.networks import ActorCritic
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.types import Params, Transition
@@ -51,8 +50,8 @@ class EpisodeStats(NamedTuple):
 
 
 def env_step(env: Environment, state: EnvState, action: jax.Array) -> EnvState:
-  """Steps a batch of envs [B, ...] with sampled actions, brought within the bounds."""
-  return jax.vmap(env.step)(state, to_env(action))
+  """Steps a batch of envs [B, ...] with env actions, held within the bounds [-1, 1]."""
+  return jax.vmap(env.step)(state, jnp.clip(action, -1.0, 1.0))
 
 
 def _finished(state: EnvState, next_state: EnvState, stats: EpisodeStats) -> EpisodeStats:
@@ -96,7 +95,7 @@ def unroll(
     state, stats = carry
     distribution = networks.policy(policy_params, normalizer, state.obs)
     action = distribution.sample(step_key)
-    next_state = env_step(env, state, action)
+    next_state = env_step(env, state, distribution.to_env(action))
     transition = Transition(
       obs=state.obs,
       action=action,
@@ -159,7 +158,7 @@ class Trace(NamedTuple):
     terminations: [N] the step ended the episode through the task.
     truncations: [N] the step hit the time limit.
     alive: [N] the step belongs to the env's first episode.
-    saturated: [N] fraction of the action's dimensions at or beyond the bounds.
+    saturated: [N] fraction of the action's dimensions at or beyond the saturation bound.
   """
 
   observations: jax.Array
@@ -177,6 +176,7 @@ def trace_episodes(
   key: jax.Array,
   num_episodes: int,
   record: Callable[[Any], Any] | None = None,
+  saturation_bound: float = 1.0,
 ) -> tuple[Trace, Any]:
   """Runs one episode in each of `num_episodes` fresh envs and records every step.
 
@@ -186,9 +186,11 @@ def trace_episodes(
   policies given the same key meet the same initial states and the same noise.
 
   Args:
-    policy: policy(obs [N, obs], key) -> action [N, act] as the env receives it.
+    policy: policy(obs [N, obs], key) -> env action [N, act] (`make_policy`'s; the env clips).
     record: optional record(core state of env 0) -> what to keep of it before each step
       (e.g. render states for a video).
+    saturation_bound: |action| from which a dimension counts as saturated (the policy
+      distribution's `saturation_bound`).
   Returns:
     (trace [T, N, ...], the stacked records [T, ...] or None), T = env.max_episode_steps.
   """
@@ -202,12 +204,12 @@ def trace_episodes(
     next_state = env_step(env, state, action)
     trace = Trace(
       observations=state.obs,
-      actions=to_env(action),
+      actions=jnp.clip(action, -1.0, 1.0),
       rewards=next_state.reward,
       terminations=next_state.termination > 0,
       truncations=next_state.truncation > 0,
       alive=alive,
-      saturated=jnp.mean((jnp.abs(action) >= 1.0).astype(jnp.float32), axis=-1),
+      saturated=jnp.mean((jnp.abs(action) >= saturation_bound).astype(jnp.float32), axis=-1),
     )
     # Env 0 before the step: its core is never an auto-reset one while it is alive.
     kept = record(jax.tree.map(lambda x: x[0], state.core)) if record is not None else None

@@ -25,6 +25,7 @@ from flax import struct
 import envs
 from ppo_jax import diagnostics, losses, monitor, normalization, rollout, trpo, update
 from ppo_jax.config import PPOConfig
+from ppo_jax.distribution import DiagonalGaussian
 from ppo_jax.gae import compute_gae
 from ppo_jax.networks import ActorCritic, make_actor_critic, make_policy
 from ppo_jax.normalization import RunningStatistics
@@ -40,7 +41,7 @@ class TrainState:
     params: policy and value network parameters.
     opt_state: optimizer state.
     normalizer: running observation statistics.
-    learning_rate: [] current learning rate (moved by the "adaptive_kl" schedule).
+    learning_rate: [] current learning rate (moved by the "ADAPTIVE_KL" schedule).
     env_state: [num_envs, ...] state of every training environment.
     key: PRNG key.
     iteration: [] completed training iterations.
@@ -114,6 +115,7 @@ def make_batch(
     transitions.truncation,
     cfg.discounting,
     cfg.gae_lambda,
+    cfg.bootstrap_on_timeout,
   )
   batch = Batch(
     obs=transitions.obs,
@@ -147,8 +149,13 @@ def measure_update(
   }
 
 
-def rollout_metrics(stats: EpisodeStats, transitions: Transition) -> Metrics:
-  """What the rollout saw: finished episodes, terminations, saturation, the env's metrics."""
+def rollout_metrics(
+  stats: EpisodeStats, transitions: Transition, distribution: type[DiagonalGaussian]
+) -> Metrics:
+  """What the rollout saw: finished episodes, terminations, saturation, the env's metrics.
+
+  Saturation is measured on the env actions against the policy distribution's bound;
+  `action_abs_mean` on the raw actions (before the clip or the squash)."""
   episodes = stats.episodes
   per_episode = lambda total: jnp.where(episodes > 0, total / jnp.maximum(episodes, 1.0), jnp.nan)  # noqa: E731
   return {
@@ -159,7 +166,9 @@ def rollout_metrics(stats: EpisodeStats, transitions: Transition) -> Metrics:
     "terminations": stats.terminations,
     "truncations": stats.truncations,
     "termination_rate": per_episode(stats.terminations),
-    "action_saturation": diagnostics.action_saturation(transitions.action),
+    "action_saturation": diagnostics.action_saturation(
+      distribution.to_env(transitions.action), distribution.saturation_bound
+    ),
     "action_abs_mean": jnp.mean(jnp.abs(transitions.action)),
     **{f"env/{name}": per_episode(total) for name, total in stats.metrics.items()},
   }
@@ -167,6 +176,7 @@ def rollout_metrics(stats: EpisodeStats, transitions: Transition) -> Metrics:
 
 def learn(
   cfg: PPOConfig,
+  networks: ActorCritic,
   loss_fn: update.LossFn,
   policy_step: Callable | None,
   state: TrainState,
@@ -174,10 +184,12 @@ def learn(
   batch: Batch,
   key: jax.Array,
 ) -> tuple[update.Learner, update.UpdateMetrics, Metrics]:
-  """The update of an iteration: [TRPO's policy step, then] the minibatch epochs.
+  """The update of an iteration: [TRPO's policy step, then] the minibatch epochs [, then the
+  trust-region backstop on the policy].
 
   Returns:
-    (the learner after it, the minibatch metrics [epochs, minibatches], TRPO's metrics).
+    (the learner after it, the minibatch metrics [epochs, minibatches], TRPO's and the
+    backstop's metrics).
   """
   params, step_metrics = state.params, {}
   if policy_step is not None:  # TRPO: the policy steps first; the epochs below fit the value
@@ -186,6 +198,12 @@ def learn(
   learner = update.Learner(params, state.opt_state, learning_rate)
   optimizer = update.make_optimizer(cfg)
   learner, updates = update.epochs(cfg, loss_fn, optimizer, learner, normalizer, batch, key)
+  if cfg.max_update_kl is not None:
+    policy, backstop_metrics = update.backstop(
+      cfg, networks, state.params.policy, learner.params.policy, normalizer, batch
+    )
+    learner = learner._replace(params=learner.params.replace(policy=policy))
+    step_metrics = {**step_metrics, **backstop_metrics}
   return learner, updates, step_metrics
 
 
@@ -222,7 +240,7 @@ def train_step(
 
   # Update.
   learner, updates, step_metrics = learn(
-    cfg, loss_fn, policy_step, state, normalizer, batch, sgd_key
+    cfg, networks, loss_fn, policy_step, state, normalizer, batch, sgd_key
   )
   measured = measure_update(
     networks, cfg.clipping_epsilon, learner.params.policy, normalizer, batch
@@ -235,7 +253,7 @@ def train_step(
   params, opt_state, normalizer, learning_rate = optax.tree.where(finite, new, old)
 
   # Monitor.
-  rollout_stats = rollout_metrics(stats, transitions)
+  rollout_stats = rollout_metrics(stats, transitions, networks.distribution)
   signals = monitor.Signals(
     update_kl=measured["update_kl"],
     clip_fraction=measured["update_clip_fraction"],
@@ -281,7 +299,7 @@ def make_loss(cfg: PPOConfig, networks: ActorCritic) -> update.LossFn:
     clipping_epsilon_value=cfg.clipping_epsilon_value,
     entropy_cost=cfg.entropy_cost,
     normalize_advantage=cfg.normalize_advantage,
-    value_loss_coef=cfg.value_loss_coef,
+    vf_loss_coefficient=cfg.vf_loss_coefficient,
   )
 
 
@@ -318,11 +336,29 @@ def make_train_step(
 def make_train_chunk(
   cfg: PPOConfig, env: envs.Environment, networks: ActorCritic
 ) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
-  """Scans `iterations_per_chunk` training steps: state -> (state, metrics [K, ...])."""
+  """Scans `iterations_per_chunk` training steps: state -> (state, metrics [K, ...]).
+
+  With `num_resets_per_eval` R > 0, every env is reset after each `iterations_per_reset` of
+  them (R times per chunk), as Brax's trainer does between evaluations.
+  """
   step = make_train_step(cfg, env, networks)
 
+  def iterations(state: TrainState) -> tuple[TrainState, Metrics]:
+    return jax.lax.scan(lambda s, _: step(s), state, None, length=cfg.iterations_per_reset)
+
+  def iterations_then_reset(state: TrainState, _) -> tuple[TrainState, Metrics]:
+    state, metrics = iterations(state)
+    key, reset_key = jax.random.split(state.key)
+    env_state = jax.vmap(env.reset)(jax.random.split(reset_key, cfg.num_envs))
+    return state.replace(env_state=env_state, key=key), metrics
+
   def chunk(state: TrainState) -> tuple[TrainState, Metrics]:
-    return jax.lax.scan(lambda s, _: step(s), state, None, length=cfg.iterations_per_chunk)
+    if cfg.num_resets_per_eval == 0:
+      return iterations(state)
+    state, metrics = jax.lax.scan(
+      iterations_then_reset, state, None, length=cfg.num_resets_per_eval
+    )
+    return state, jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), metrics)
 
   return chunk
 
@@ -339,7 +375,8 @@ def make_evaluator(
 
   def evaluate(snapshot: monitor.PolicySnapshot, key: jax.Array):
     policy = make_policy(networks, snapshot.policy, snapshot.normalizer, cfg.deterministic_eval)
-    trace, _ = rollout.trace_episodes(env, policy, key, cfg.num_eval_envs)
+    bound = networks.distribution.saturation_bound
+    trace, _ = rollout.trace_episodes(env, policy, key, cfg.num_eval_envs, saturation_bound=bound)
     return rollout.first_episodes(trace), trace
 
   return evaluate

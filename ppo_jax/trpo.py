@@ -136,7 +136,7 @@ def fisher_vector_product(
 
 
 def line_search(
-  surrogate_fn: Callable[[Params], jax.Array],
+  surrogate_fn: Callable[[Params], jax.Array] | None,
   kl_fn: Callable[[Params], jax.Array],
   params: Params,
   full_step: Params,
@@ -151,7 +151,8 @@ def line_search(
   Accepts the first candidate with kl_fn <= max_kl, a positive surrogate improvement, and an
   improvement >= accept_ratio * expected_improvement * step fraction. Schulman's original uses
   accept_ratio = 0.1; the default 0 asks only for a real gain. A step that is not an ascent
-  direction (expected_improvement <= 0 or non-finite) is rejected without evaluation.
+  direction (expected_improvement <= 0 or non-finite) is rejected without evaluation. Without
+  a surrogate (None) the KL bound alone decides, and `expected_improvement` is unused.
 
   Args:
     full_step: pytree shaped like `params`, the step at fraction 1.
@@ -160,9 +161,13 @@ def line_search(
   Returns:
     LineSearchResult; when rejected, `params` are returned unchanged.
   """
-  surrogate_old = surrogate_fn(params)
   kl_zero = jnp.zeros((), jax.eval_shape(kl_fn, params).dtype)
-  is_ascent = jnp.isfinite(expected_improvement) & (expected_improvement > 0)
+  kl_only = surrogate_fn is None
+  if kl_only:
+    surrogate_fn, is_ascent = (lambda _: kl_zero), jnp.bool_(True)
+  else:
+    is_ascent = jnp.isfinite(expected_improvement) & (expected_improvement > 0)
+  surrogate_old = surrogate_fn(params)
 
   def cond(state):
     k, accepted, _, _, _ = state
@@ -174,11 +179,11 @@ def line_search(
     candidate = jax.tree.map(lambda p, s: (p + fraction * s).astype(p.dtype), params, full_step)
     kl = kl_fn(candidate)
     improvement = surrogate_fn(candidate) - surrogate_old
-    accepted = (
-      (kl <= max_kl)
-      & (improvement > 0)
-      & (improvement >= accept_ratio * expected_improvement * fraction)
-    )
+    accepted = kl <= max_kl
+    if not kl_only:
+      accepted &= (improvement > 0) & (
+        improvement >= accept_ratio * expected_improvement * fraction
+      )
     # k stays at the accepted candidate, so it counts the shrinkings before acceptance.
     return jnp.where(accepted, k, k + 1), accepted, candidate, kl, improvement
 
@@ -310,12 +315,13 @@ def value_fit_loss(
   params: ActorCriticParams,
   normalizer: RunningStatistics,
   batch: Batch,
+  key: jax.Array,
   *,
-  value_loss_coef: float,
+  vf_loss_coefficient: float,
   **term_kwargs,
 ) -> tuple[jax.Array, LossMetrics]:
-  """TRPO's minibatch objective: value_loss_coef * the value loss alone, since the policy
+  """TRPO's minibatch objective: vf_loss_coefficient * the value loss alone, since the policy
   moves by `policy_step`; the metrics are PPO's (see `losses.loss_terms`)."""
-  terms, metrics = loss_terms(params, normalizer, batch, **term_kwargs)
-  total = value_loss_coef * terms.value
+  terms, metrics = loss_terms(params, normalizer, batch, key, **term_kwargs)
+  total = vf_loss_coefficient * terms.value
   return total, jax.lax.stop_gradient(metrics._replace(total_loss=total))

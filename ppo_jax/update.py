@@ -3,26 +3,31 @@
 `epochs` runs `num_updates_per_batch` epochs of `num_minibatches` updates as two nested
 scans. The target-KL early stop skips every update after the first minibatch whose KL is
 too high; the adaptive learning rate moves after each minibatch. Both act inside the scan,
-with no host round-trip.
+with no host round-trip. `backstop` then bounds the KL of the update as a whole.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from ppo_jax import sharding
+from ppo_jax import diagnostics, sharding, trpo
 from ppo_jax.config import PPOConfig
 from ppo_jax.losses import LossMetrics
 from ppo_jax.normalization import RunningStatistics
-from ppo_jax.types import ActorCriticParams, Batch, Metrics
+from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params
 
-# loss_fn(params, normalizer, minibatch) -> (loss, metrics without gradient).
-LossFn = Callable[[ActorCriticParams, RunningStatistics, Batch], tuple[jax.Array, LossMetrics]]
+if TYPE_CHECKING:
+  from ppo_jax.networks import ActorCritic
+
+# loss_fn(params, normalizer, minibatch, key) -> (loss, metrics without gradient).
+LossFn = Callable[
+  [ActorCriticParams, RunningStatistics, Batch, jax.Array], tuple[jax.Array, LossMetrics]
+]
 
 
 def make_optimizer(cfg: PPOConfig) -> optax.GradientTransformation:
@@ -39,10 +44,10 @@ def scheduled_learning_rate(cfg: PPOConfig, iteration: jax.Array, current: jax.A
     iteration: [] completed iterations.
     current: [] the rate the state carries (the adaptive schedule's own value).
   """
-  if cfg.learning_rate_schedule == "linear":
+  if cfg.learning_rate_schedule == "LINEAR":
     progress = iteration.astype(jnp.float32) / cfg.num_iterations
     return jnp.asarray(cfg.learning_rate, jnp.float32) * (1.0 - progress)
-  # "constant" keeps cfg.learning_rate; "adaptive_kl" carries its own value.
+  # None keeps cfg.learning_rate; "ADAPTIVE_KL" carries its own value.
   return current
 
 
@@ -50,7 +55,9 @@ def adapt_learning_rate(cfg: PPOConfig, learning_rate: jax.Array, kl: jax.Array)
   """rsl_rl's rule: / 1.5 above 2 * desired_kl, * 1.5 below desired_kl / 2, clamped."""
   learning_rate = jnp.where(kl > 2.0 * cfg.desired_kl, learning_rate / 1.5, learning_rate)
   learning_rate = jnp.where(kl < 0.5 * cfg.desired_kl, learning_rate * 1.5, learning_rate)
-  return jnp.clip(learning_rate, cfg.min_learning_rate, cfg.max_learning_rate)
+  return jnp.clip(
+    learning_rate, cfg.learning_rate_schedule_min_lr, cfg.learning_rate_schedule_max_lr
+  )
 
 
 class Learner(NamedTuple):
@@ -78,8 +85,11 @@ def minibatch_update(
   learner: Learner,
   stopped: jax.Array,
   minibatch: Batch,
+  key: jax.Array,
 ) -> tuple[Learner, jax.Array, UpdateMetrics]:
   """One gradient step on a minibatch [minibatch_size, ...], unless the early stop is on.
+
+  `key` is the loss's (the entropy estimate of a tanh-squashed policy).
 
   Returns:
     (the learner after it, whether the early stop is on from now, its metrics).
@@ -91,11 +101,13 @@ def minibatch_update(
     return jax.lax.cond(stopped, skip, run, *args)
 
   def measure(params):
-    _, metrics = loss_fn(params, normalizer, minibatch)
+    _, metrics = loss_fn(params, normalizer, minibatch, key)
     return metrics, jax.tree.map(jnp.zeros_like, params)
 
   def measure_and_differentiate(params):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, normalizer, minibatch)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, normalizer, minibatch, key
+    )
     return metrics, grads
 
   # Once stopped, a minibatch is only measured: no gradient is computed.
@@ -103,7 +115,7 @@ def minibatch_update(
   if cfg.target_kl is not None:
     stopped = stopped | (metrics.approx_kl > cfg.target_kl_factor * cfg.target_kl)
   learning_rate = learner.learning_rate
-  if cfg.learning_rate_schedule == "adaptive_kl":
+  if cfg.learning_rate_schedule == "ADAPTIVE_KL":
     learning_rate = jnp.where(
       stopped, learning_rate, adapt_learning_rate(cfg, learning_rate, metrics.exact_kl)
     )
@@ -145,13 +157,16 @@ def epochs(
     )
     minibatches = sharding.split_envs(minibatches, axis=1)  # each device takes its samples
 
-    def step(carry, minibatch):
+    # Folded in, so the shuffles stay those of the epoch key alone.
+    loss_keys = jax.random.split(jax.random.fold_in(epoch_key, 1), cfg.num_minibatches)
+
+    def step(carry, minibatch_and_key):
       learner, stopped, update = minibatch_update(
-        cfg, loss_fn, optimizer, normalizer, *carry, minibatch
+        cfg, loss_fn, optimizer, normalizer, *carry, *minibatch_and_key
       )
       return (learner, stopped), update
 
-    return jax.lax.scan(step, carry, minibatches)
+    return jax.lax.scan(step, carry, (minibatches, loss_keys))
 
   # Epoch keys are folded in, so epoch e shuffles alike whatever num_updates_per_batch is.
   epoch_keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(cfg.num_updates_per_batch))
@@ -176,3 +191,45 @@ def reduce_epochs(updates: UpdateMetrics) -> Metrics:
   metrics["minibatch_updates_applied"] = jnp.sum(applied)
   metrics["epochs_applied"] = jnp.sum(jnp.any(updates.applied, axis=1))
   return metrics
+
+
+def backstop(
+  cfg: PPOConfig,
+  networks: ActorCritic,
+  old_policy: Params,
+  new_policy: Params,
+  normalizer: RunningStatistics,
+  batch: Batch,
+) -> tuple[Params, Metrics]:
+  """The trust-region backstop: the policy after the update, its KL bounded by `max_update_kl`.
+
+  The KL is the update's (k3 over the batch against the rollout policy, as `update_kl`).
+  Within the bound the update stands; beyond it the policy is pulled back along the update,
+  old + 0.5**k (new - old) for k = 1 .. `max_update_kl_backtracks` (TRPO's line search on the
+  KL alone), to the first within the bound; when none is, the policy is the old one, bitwise.
+  The value network keeps its update, and the optimizer state its moments: they are
+  statistics of the gradients seen, not of the step taken, and the next iteration's first
+  minibatches wash them out.
+
+  Returns:
+    (policy params, {"backstop_fraction": the fraction of the update kept (1, 0.5**k or 0),
+    "backstop_steps": the halvings made (max_update_kl_backtracks when rejected)}).
+  """
+
+  def kl(policy):
+    distribution = networks.policy(policy, normalizer, batch.obs)
+    return diagnostics.approx_kl(distribution.log_prob(batch.action) - batch.log_prob)
+
+  def pull_back(_):
+    step = jax.tree.map(jnp.subtract, new_policy, old_policy)
+    search = trpo.line_search(
+      None, kl, old_policy, step, None, cfg.max_update_kl, cfg.max_update_kl_backtracks + 1, 0.5
+    )
+    steps = jnp.minimum(search.backtracks, cfg.max_update_kl_backtracks)
+    return search.params, search.step_fraction, steps
+
+  def keep(_):
+    return new_policy, jnp.ones(()), jnp.zeros((), jnp.int32)
+
+  policy, fraction, steps = jax.lax.cond(kl(new_policy) <= cfg.max_update_kl, keep, pull_back, None)
+  return policy, {"backstop_fraction": fraction, "backstop_steps": steps}

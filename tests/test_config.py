@@ -1,11 +1,12 @@
 """PPOConfig: defaults, derived sizes, and a ValueError naming the field for every bad input."""
 
 import dataclasses
+import inspect
 import math
 
 import pytest
 
-from ppo_jax import PPOConfig
+from ppo_jax import PPOConfig, brax_keywords
 
 # Brax's PPO settings for inverted_pendulum (its training notebook).
 INVERTED_PENDULUM = dict(
@@ -83,7 +84,8 @@ def test_num_iterations_covers_num_timesteps(num_timesteps):
     # Unknown choices.
     ({"learning_rate_schedule": "cosine"}, "learning_rate_schedule"),
     ({"activation": "sigmoid"}, "activation"),
-    ({"action_std_type": "x"}, "action_std_type"),
+    ({"distribution_type": "x"}, "distribution_type"),
+    ({"learning_rate_schedule": "constant"}, "learning_rate_schedule"),
     ({"env": "inverted_pendulum"}, "env"),
     ({"env_backend": "physx"}, "env_backend"),
     ({"env": "builtin/cartpole_balance", "env_backend": "mjx"}, "env_backend"),
@@ -149,3 +151,51 @@ def test_replace_is_checked_too():
 )
 def test_backend_of_the_source_is_accepted(env, backend):
   assert PPOConfig(env=env, env_backend=backend).env_backend == backend
+
+
+# Brax's names.
+
+
+def test_every_brax_ppo_train_keyword_is_a_field_or_documented_as_unsupported():
+  from brax.training.agents.ppo import networks as brax_networks
+  from brax.training.agents.ppo import train as brax_train
+
+  fields = {field.name for field in dataclasses.fields(PPOConfig)}
+  keywords = inspect.signature(brax_train.train).parameters
+  for keyword in keywords:
+    assert (keyword in fields) != (keyword in brax_keywords.NOT_SUPPORTED), keyword
+  assert set(brax_keywords.NOT_SUPPORTED) <= set(keywords)  # no stale entry
+  assert all(reason for reason in brax_keywords.NOT_SUPPORTED.values())
+  network_keywords = inspect.signature(brax_networks.make_ppo_networks).parameters
+  for name in brax_keywords.NETWORK_KEYWORDS:
+    assert name in fields and name in network_keywords, name
+
+
+def test_playgrounds_dm_control_configs_port_as_keyword_arguments():
+  from mujoco_playground import registry
+  from mujoco_playground.config import dm_control_suite_params
+
+  for name in registry.dm_control_suite.ALL_ENVS:
+    published = dm_control_suite_params.brax_ppo_config(name)
+    cfg = PPOConfig(env=f"playground/{name}", **published)
+    for key, value in published.items():
+      assert getattr(cfg, key) == value, (name, key)
+
+
+def test_brax_schedule_names():
+  assert PPOConfig(learning_rate_schedule="NONE").learning_rate_schedule is None
+  assert PPOConfig(learning_rate_schedule="ADAPTIVE_KL").learning_rate_schedule == "ADAPTIVE_KL"
+  with pytest.raises(ValueError, match="learning_rate_schedule"):
+    PPOConfig(learning_rate_schedule="adaptive_kl")
+
+
+@pytest.mark.parametrize("resets", [0, 1, 3, 10])
+@pytest.mark.parametrize("timesteps", [1, 2_000_000, 60_000_000])
+def test_iterations_between_evaluations_round_as_braxs(resets, timesteps):
+  """Brax: ceil(num_timesteps / (evals after the first * steps per iteration * max(R, 1)))
+  iterations, max(R, 1) times, between two evaluations."""
+  cfg = PPOConfig(num_timesteps=timesteps, num_resets_per_eval=resets, num_evals=10)
+  per_reset = math.ceil(timesteps / (9 * cfg.env_steps_per_iteration * max(resets, 1)))
+  assert cfg.iterations_per_reset == per_reset
+  assert cfg.iterations_per_chunk == per_reset * max(resets, 1)
+  assert cfg.total_env_steps >= timesteps

@@ -73,8 +73,8 @@ FLOAT_RANGES = {
   "clipping_epsilon": (0.05, 0.5),
   "clipping_epsilon_value": (0.05, 0.5),
   "learning_rate": (1e-5, 1e-2),
-  "min_learning_rate": (1e-6, 1e-4),
-  "max_learning_rate": (1e-3, 1e-1),
+  "learning_rate_schedule_min_lr": (1e-6, 1e-4),
+  "learning_rate_schedule_max_lr": (1e-3, 1e-1),
   "desired_kl": (1e-3, 0.1),
   "target_kl": (1e-3, 0.1),
 }
@@ -82,7 +82,7 @@ CHOICES = {  # string fields with a closed set of values
   "algorithm": config.ALGORITHMS,
   "learning_rate_schedule": config.SCHEDULES,
   "activation": config.ACTIVATIONS,
-  "action_std_type": config.ACTION_STD_TYPES,
+  "distribution_type": config.DISTRIBUTION_TYPES,
 }
 
 JUNK_TEXT = st.sampled_from(["", " ", "none", "None", "0", "1e-3", "[32, 32]", "é", "a" * 200])

@@ -9,7 +9,9 @@ from ppo_jax.gae import compute_gae
 T, B = 17, 9
 
 
-def gae_reference(rewards, values, next_values, terminations, truncations, gamma, lam):
+def gae_reference(
+  rewards, values, next_values, terminations, truncations, gamma, lam, bootstrap_on_timeout=True
+):
   """Backward loop over t, in float64, written straight from the docstring of compute_gae."""
   rewards, values, next_values, terminations, truncations = (
     np.asarray(x, np.float64) for x in (rewards, values, next_values, terminations, truncations)
@@ -19,6 +21,8 @@ def gae_reference(rewards, values, next_values, terminations, truncations, gamma
   for t in reversed(range(rewards.shape[0])):
     done = np.maximum(terminations[t], truncations[t])
     delta = rewards[t] + gamma * (1.0 - terminations[t]) * next_values[t] - values[t]
+    if not bootstrap_on_timeout:
+      delta = delta * (1.0 - truncations[t])
     next_advantage = delta + gamma * lam * (1.0 - done) * next_advantage
     advantages[t] = next_advantage
   return advantages, advantages + values
@@ -47,6 +51,32 @@ def test_matches_numpy_reference(seed, gamma, lam):
   ref_advantages, ref_targets = gae_reference(*data, gamma, lam)
   np.testing.assert_allclose(advantages, ref_advantages, rtol=0, atol=1e-5)
   np.testing.assert_allclose(targets, ref_targets, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_without_bootstrap_on_timeout_matches_numpy_reference(seed):
+  data = random_rollout(seed)
+  advantages, targets = compute_gae(*data, 0.99, 0.95, bootstrap_on_timeout=False)
+  ref_advantages, ref_targets = gae_reference(*data, 0.99, 0.95, bootstrap_on_timeout=False)
+  np.testing.assert_allclose(advantages, ref_advantages, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(targets, ref_targets, rtol=0, atol=1e-5)
+  truncated = data[4] > 0
+  np.testing.assert_array_equal(np.asarray(advantages)[truncated], 0.0)
+
+
+def test_without_bootstrap_on_timeout_targets_are_braxs():
+  """Brax's GAE (its default, no bootstrap at a truncation) on one segment per column: its
+  next values are the segment's own values and a bootstrap value at the end."""
+  from brax.training.agents.ppo.losses import compute_gae as brax_gae
+
+  rewards, values, _, terminations, truncations = random_rollout(4)
+  bootstrap = np.random.default_rng(5).normal(size=B).astype(np.float32)
+  next_values = np.concatenate([values[1:], bootstrap[None]])
+  _, targets = compute_gae(
+    rewards, values, next_values, terminations, truncations, 0.99, 0.95, False
+  )
+  brax_targets, _ = brax_gae(truncations, terminations, rewards, values, bootstrap, 0.95, 0.99)
+  np.testing.assert_allclose(targets, brax_targets, rtol=0, atol=1e-5)
 
 
 def test_jit_matches_numpy_reference():

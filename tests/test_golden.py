@@ -30,11 +30,11 @@ CONFIGS = {
   "ppo_brakes": tiny(
     num_evals=3,
     target_kl=0.02,
-    learning_rate_schedule="adaptive_kl",
+    learning_rate_schedule="ADAPTIVE_KL",
     clipping_epsilon_value=0.2,
     max_grad_norm=0.5,
   ),
-  "trpo": tiny(num_evals=2, algorithm="trpo", action_std_type="parameter"),
+  "trpo": tiny(num_evals=2, algorithm="trpo", state_dependent_std=False),
 }
 STATE_PARTS = ("params", "opt_state", "normalizer", "learning_rate", "env_state", "key", "monitor")
 

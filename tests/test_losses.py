@@ -90,7 +90,7 @@ def make_evaluate(cfg):
       target=target,
     )
     values = net.value(params.value, normalizer, obs)
-    loss, metrics = loss_fn(params, normalizer, batch)
+    loss, metrics = loss_fn(params, normalizer, batch, jax.random.fold_in(key, 1))
     return batch, values, loss, metrics
 
   def run(seed, log_prob_shift=0.0):
@@ -110,11 +110,11 @@ def make_evaluate(cfg):
 
 
 # Two configs cover both advantage modes and both std heads at two compilations.
-@pytest.mark.parametrize(
-  "normalize_advantage, action_std_type", [(True, "network"), (False, "parameter")]
-)
-def test_make_loss_at_ratio_one(normalize_advantage, action_std_type):
-  cfg = small_config(normalize_advantage=normalize_advantage, action_std_type=action_std_type)
+@pytest.mark.parametrize("normalize_advantage, state_dependent_std", [(True, True), (False, False)])
+def test_make_loss_at_ratio_one(normalize_advantage, state_dependent_std):
+  cfg = small_config(
+    normalize_advantage=normalize_advantage, state_dependent_std=state_dependent_std
+  )
   batch, values, loss, metrics = make_evaluate(cfg)(seed=0)
 
   # Ratio 1: no divergence, nothing clipped, no gradient removed.
@@ -141,7 +141,7 @@ def test_make_loss_at_ratio_one(normalize_advantage, action_std_type):
   np.testing.assert_allclose(metrics.entropy_loss, -cfg.entropy_cost * expected_entropy, rtol=1e-5)
   np.testing.assert_allclose(
     loss,
-    metrics.policy_loss + cfg.value_loss_coef * metrics.value_loss + metrics.entropy_loss,
+    metrics.policy_loss + cfg.vf_loss_coefficient * metrics.value_loss + metrics.entropy_loss,
     rtol=1e-6,
     atol=1e-6,
   )

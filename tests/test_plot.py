@@ -31,7 +31,7 @@ def make_run(
   iterations=20,
   seed=0,
   evals=True,
-  schedule="linear",
+  schedule="LINEAR",
   drop=(),
   fired=None,
 ):
@@ -120,7 +120,7 @@ def test_one_run(tmp_path):
 def test_two_runs(tmp_path):
   runs = [
     make_run(tmp_path, "a"),
-    make_run(tmp_path, "b", env="playground/CartpoleBalance", seed=1, schedule="adaptive_kl"),
+    make_run(tmp_path, "b", env="playground/CartpoleBalance", seed=1, schedule="ADAPTIVE_KL"),
   ]
   assert_png(plot.plot_runs([str(r) for r in runs], tmp_path / "two.png"))
   # Every panel draws both runs, one color each, and the legend names both.

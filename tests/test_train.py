@@ -47,6 +47,20 @@ def test_chunk_compiles_once_and_never_transfers():
   assert int(state.iteration) == 4 * cfg.iterations_per_chunk
 
 
+def test_num_resets_per_eval_restarts_every_env_between_chunk_parts():
+  """Two resets per chunk of 2 x 3 iterations: the env states leave the chunk fresh (every
+  episode at step 0), while a chunk without resets leaves them mid-episode."""
+  steps = tiny(num_timesteps=1, num_evals=2).env_steps_per_iteration * 6
+  for resets, fresh_after in ((2, True), (0, False)):
+    cfg = tiny(num_timesteps=steps, num_evals=2, num_resets_per_eval=resets)
+    assert cfg.iterations_per_chunk == 6
+    env, networks, state = fresh(cfg)
+    state, metrics = jax.jit(make_train_chunk(cfg, env, networks))(state)
+    assert metrics["approx_kl"].shape == (6,)
+    assert int(state.iteration) == 6
+    assert bool(jnp.all(state.env_state.steps == 0)) == fresh_after
+
+
 def test_metrics_shapes_and_ranges():
   cfg = tiny(num_updates_per_batch=3)
   env, networks, state = fresh(cfg)
@@ -109,7 +123,7 @@ def test_early_stop_skips_the_remaining_updates():
 
 
 def test_adaptive_learning_rate_rule():
-  cfg = tiny(learning_rate_schedule="adaptive_kl", desired_kl=0.01, learning_rate=1e-3)
+  cfg = tiny(learning_rate_schedule="ADAPTIVE_KL", desired_kl=0.01, learning_rate=1e-3)
   lr = jnp.float32(1e-3)
   assert adapt_learning_rate(cfg, lr, jnp.float32(0.05)) == pytest.approx(1e-3 / 1.5)
   assert adapt_learning_rate(cfg, lr, jnp.float32(0.001)) == pytest.approx(1e-3 * 1.5)
@@ -119,19 +133,22 @@ def test_adaptive_learning_rate_rule():
 
 
 def test_adaptive_learning_rate_moves_on_the_device():
-  cfg = tiny(learning_rate_schedule="adaptive_kl", desired_kl=1e-4, learning_rate=1e-3)
+  cfg = tiny(learning_rate_schedule="ADAPTIVE_KL", desired_kl=1e-4, learning_rate=1e-3)
   env, networks, state = fresh(cfg)
   state, metrics = jax.jit(make_train_chunk(cfg, env, networks))(state)
   rates = np.concatenate([[cfg.learning_rate], jax.device_get(metrics["learning_rate"])])
   steps = np.log(rates[1:] / rates[:-1]) / np.log(1.5)
   assert np.all(np.abs(steps - np.round(steps)) < 1e-3)  # whole powers of 1.5
   assert rates[-1] != cfg.learning_rate
-  assert np.all((rates >= cfg.min_learning_rate * 0.999) & (rates <= cfg.max_learning_rate * 1.001))
+  assert np.all(
+    (rates >= cfg.learning_rate_schedule_min_lr * 0.999)
+    & (rates <= cfg.learning_rate_schedule_max_lr * 1.001)
+  )
   assert float(state.learning_rate) == pytest.approx(rates[-1])
 
 
 def test_linear_schedule_decays_to_zero():
-  cfg = tiny(learning_rate_schedule="linear", num_evals=2)
+  cfg = tiny(learning_rate_schedule="LINEAR", num_evals=2)
   env, networks, state = fresh(cfg)
   _, metrics = jax.jit(make_train_chunk(cfg, env, networks))(state)
   rates = jax.device_get(metrics["learning_rate"])
