@@ -151,7 +151,7 @@ class PPOConfig:
   activation: str = setting("swish", "hidden activation of both MLPs.", one_of(ACTIVATIONS))
   distribution_type: str = setting(
     "normal",
-    "the policy's action distribution (Brax's names): 'normal', a diagonal Gaussian whose samples the env receives clipped to [-1, 1], or 'tanh_normal', a Gaussian squashed by tanh (Brax's default; exact log-probabilities from the kept pre-tanh sample, entropy estimated from one sample).",
+    "the policy's action distribution (Brax's names): 'normal', a diagonal Gaussian whose samples the env receives clipped to [-1, 1], or 'tanh_normal', a Gaussian squashed by tanh (Brax's default; exact log probabilities from the kept pre-tanh sample, entropy estimated from one sample).",
     one_of(DISTRIBUTION_TYPES),
   )
   state_dependent_std: bool = setting(
