@@ -135,6 +135,7 @@ def test_labels_match_numpy_rules():
     assert 0 < got[name].sum() < n, name
 
 
+@pytest.mark.slow
 def test_aggressive_config_fires_kl_spike_and_clip_saturated_default_fires_neither():
   base = PRESETS["cartpole_balance"]
   aggressive = dataclasses.replace(

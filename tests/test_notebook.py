@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
@@ -95,6 +96,7 @@ def text_of(cell: nbformat.NotebookNode) -> str:
   )
 
 
+@pytest.mark.slow
 def test_notebook_runs_on_a_tiny_sweep(tmp_path, monkeypatch):
   monkeypatch.setenv("THROUGHPUT_NOTEBOOK_OVERRIDES", json.dumps(TINY))
   monkeypatch.setenv("MPLBACKEND", "Agg")  # the notebook's `%matplotlib inline` still renders PNGs

@@ -7,6 +7,7 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 from tiny import tiny
 
 from experiments import compare, tables
@@ -44,6 +45,7 @@ def test_panel_run_dir_has_a_record_per_seed_and_iteration(tmp_path):
   assert (tmp_path / "run" / "largest_kl" / "seed_1" / "comparison.json").exists()
 
 
+@pytest.mark.slow
 def test_compare_writes_table_and_figure_on_a_tiny_budget(tmp_path, capsys):
   # The tiny config's sizes, as CLI overrides of the cartpole preset.
   small = tiny()

@@ -176,6 +176,7 @@ def test_train_returns_per_iteration_metrics_and_a_jittable_policy():
   assert sampled.shape == (5, 1)
 
 
+@pytest.mark.slow
 def test_learns_cartpole_to_its_solved_threshold():
   cfg = PRESETS["cartpole_balance"]
   result = train(cfg, progress_fn=None)
