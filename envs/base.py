@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
@@ -25,11 +26,13 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+Observation = jax.Array | dict[str, jax.Array]
+
 
 class CoreEnv(Protocol):
   """What a source environment must offer (Brax and Playground envs already do)."""
 
-  observation_size: int
+  observation_size: Any  # an int, or a dict of sizes for dict observations
   action_size: int
 
   def reset(self, key: jax.Array) -> Any: ...
@@ -42,11 +45,12 @@ class EnvState:
   """State of one wrapped environment.
 
   Attributes:
-    obs: [obs_size] observation to act on next (already reset if the episode ended).
+    obs: [obs_size] observation to act on next (already reset if the episode ended), or a
+      dict of such vectors (e.g. {"state": ..., "privileged_state": ...}).
     reward: [] reward of the last step (summed over the action repeat).
     termination: [] 1.0 if the last step ended the episode through the task (a fall).
     truncation: [] 1.0 if the last step hit the time limit without a termination.
-    final_obs: [obs_size] observation the last step reached, before any reset.
+    final_obs: [obs_size] (or a dict) observation the last step reached, before any reset.
     metrics: per-step metrics the source env reports (e.g. reward terms, contact forces),
       scalars as float32.
     steps: [] agent steps taken in the current episode.
@@ -56,11 +60,11 @@ class EnvState:
     core: the source environment's own state.
   """
 
-  obs: jax.Array
+  obs: Observation
   reward: jax.Array
   termination: jax.Array
   truncation: jax.Array
-  final_obs: jax.Array
+  final_obs: Observation
   metrics: dict[str, jax.Array]
   steps: jax.Array
   episode_return: jax.Array
@@ -104,10 +108,12 @@ class Environment:
       )
 
   @functools.cached_property
-  def observation_size(self) -> int:
-    """The observation's size, from a reset traced once, never run: Brax's own property runs
-    a whole reset op by op (seconds for a MuJoCo model) at every access."""
-    return int(jax.eval_shape(self.reset, jax.random.PRNGKey(0)).obs.shape[-1])
+  def observation_size(self) -> int | dict[str, int]:
+    """The observation's size (a dict of sizes for dict observations), from a reset traced
+    once, never run: Brax's own property runs a whole reset op by op (seconds for a MuJoCo
+    model) at every access."""
+    obs = jax.eval_shape(self.reset, jax.random.PRNGKey(0)).obs
+    return jax.tree.map(lambda x: int(x.shape[-1]), obs)
 
   @property
   def action_size(self) -> int:
@@ -204,10 +210,13 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, jax.Array]:
   }
 
 
-def _check_obs(obs: Any, name: str) -> jax.Array:
-  if not isinstance(obs, jax.Array) or obs.ndim != 1:
+def _check_obs(obs: Any, name: str) -> Observation:
+  """The observation as float32: a flat vector, or a dict of flat vectors (one per entry)."""
+  obs = dict(obs) if isinstance(obs, Mapping) else obs
+  entries = obs.values() if isinstance(obs, dict) else [obs]
+  if not all(isinstance(x, jax.Array) and x.ndim == 1 for x in entries):
     raise ValueError(
-      f"environment {name!r} must return a flat observation vector; got "
+      f"environment {name!r} must return a flat observation vector or a dict of them; got "
       f"{jax.tree.map(lambda x: getattr(x, 'shape', type(x)), obs)}"
     )
-  return obs.astype(jnp.float32)
+  return jax.tree.map(lambda x: x.astype(jnp.float32), obs)

@@ -112,4 +112,49 @@ class PendulumSwingup:
     )
 
 
-TASKS = {"cartpole_balance": CartpoleBalance, "pendulum_swingup": PendulumSwingup}
+@struct.dataclass
+class NoisyTaskState(TaskState):
+  """A task state with the key of the observation noise."""
+
+  key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class CartpolePrivileged:
+  """Cart-pole balance (`CartpoleBalance`) whose policy sees a noisy state: an asymmetric
+  actor-critic's test bed.
+
+  The observation is a dict, as Playground's locomotion envs return: "state" is the cart-pole
+  state plus fresh Gaussian noise at every step (std `noise_std` per dimension: x, x_dot,
+  theta, theta_dot), "privileged_state" the true state, which a critic may see
+  (`value_obs_key="privileged_state"`) while the policy acts on the noisy one.
+  """
+
+  noise_std: tuple[float, ...] = (0.2, 0.2, 0.04, 0.2)
+  action_size: int = 1
+  default_episode_length: int = 500
+  solved_threshold: float = 475.0
+
+  @property
+  def observation_size(self) -> dict[str, int]:
+    return {"state": 4, "privileged_state": 4}
+
+  def reset(self, key: jax.Array) -> NoisyTaskState:
+    key, physics_key = jax.random.split(key)
+    return self._observe(CartpoleBalance().reset(physics_key), key)
+
+  def step(self, state: NoisyTaskState, action: jax.Array) -> NoisyTaskState:
+    return self._observe(CartpoleBalance().step(state, action), state.key)
+
+  def _observe(self, task: TaskState, key: jax.Array) -> NoisyTaskState:
+    key, noise_key = jax.random.split(key)
+    noise = jnp.asarray(self.noise_std) * jax.random.normal(noise_key, (4,))
+    obs = {"state": task.physics + noise, "privileged_state": task.physics}
+    return NoisyTaskState(**{**vars(task), "obs": obs}, key=key)
+
+
+TASKS = {
+  "cartpole_balance": CartpoleBalance,
+  "cartpole_privileged": CartpolePrivileged,
+  "pendulum_swingup": PendulumSwingup,
+}

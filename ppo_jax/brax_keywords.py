@@ -19,6 +19,8 @@ NETWORK_KEYWORDS = (
   "distribution_type",
   "state_dependent_std",
   "init_noise_std",
+  "policy_obs_key",
+  "value_obs_key",
 )
 
 # `ppo.train` keyword -> why PPOConfig has no field of that name.

@@ -154,6 +154,14 @@ class PPOConfig:
     "the policy's action distribution (Brax's names): 'normal', a diagonal Gaussian whose samples the env receives clipped to [-1, 1], or 'tanh_normal', a Gaussian squashed by tanh (Brax's default; exact log-probabilities from the kept pre-tanh sample, entropy estimated from one sample).",
     one_of(DISTRIBUTION_TYPES),
   )
+  policy_obs_key: str = setting(
+    "state",
+    "the entry of a dict observation the policy sees (Brax's name and default); an array observation is seen whole.",
+  )
+  value_obs_key: str = setting(
+    "state",
+    "the entry of a dict observation the value network sees, e.g. 'privileged_state' for an asymmetric actor-critic (Brax's name and default); an array observation is seen whole.",
+  )
   state_dependent_std: bool = setting(
     True,
     "the action std is a second head of the policy MLP (True) or a learned parameter per action dimension (False); either way std = softplus(raw) + min_action_std.",

@@ -152,7 +152,8 @@ class Trace(NamedTuple):
   """One step of every env; `trace_episodes` stacks it to [T, N, ...].
 
   Attributes:
-    observations: [N, obs] observation the action was chosen from.
+    observations: [N, obs] observation the action was chosen from (a dict of them for dict
+      observations).
     actions: [N, act] action sent to the env, within the bounds [-1, 1].
     rewards: [N] reward of the step.
     terminations: [N] the step ended the episode through the task.
@@ -161,7 +162,7 @@ class Trace(NamedTuple):
     saturated: [N] fraction of the action's dimensions at or beyond the saturation bound.
   """
 
-  observations: jax.Array
+  observations: Any
   actions: jax.Array
   rewards: jax.Array
   terminations: jax.Array
@@ -230,6 +231,15 @@ def trace_episodes(
   outputs = jax.tree.map(lambda s: jnp.zeros((env.max_episode_steps, *s.shape), s.dtype), shapes)
   _, _, _, (trace, kept) = jax.lax.while_loop(cond, body, (0, state, alive, outputs))
   return trace, kept
+
+
+def trace_arrays(trace: Trace) -> dict[str, np.ndarray]:
+  """A fetched trace as named arrays for `np.savez`: a dict observation's entries are
+  "observations/<entry>"."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(trace._asdict())
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf) for path, leaf in flat
+  }
 
 
 class Episodes(NamedTuple):
