@@ -13,9 +13,11 @@ import functools
 
 from envs.base import CoreEnv, Environment, EnvState
 from envs.builtin import TASKS
+from envs.randomization import RANDOMIZATIONS, RandomizationFn
 
 __all__ = [
   "BACKENDS",
+  "RANDOMIZATIONS",
   "SOURCES",
   "CoreEnv",
   "Environment",
@@ -130,6 +132,7 @@ def make(
   episode_length: int | None = None,
   action_repeat: int = 1,
   backend: str | None = None,
+  randomization_fn: RandomizationFn | None = None,
   **kwargs,
 ) -> Environment:
   """Makes an environment by name.
@@ -141,6 +144,8 @@ def make(
     action_repeat: times each action is applied.
     backend: Brax physics pipeline ("mjx", "generalized", "positional", "spring") or the
       Playground implementation ("jax", "warp"); the source's CPU-friendly default when None.
+    randomization_fn: domain randomization with Brax's and Playground's signature,
+      `(sys, rng) -> (randomized_sys, in_axes)` (`envs.randomization`), or None.
     **kwargs: passed to the source's constructor (Brax env kwargs, Playground config overrides).
 
   Raises:
@@ -173,4 +178,5 @@ def make(
     episode_length=length if episode_length is None else episode_length,
     action_repeat=action_repeat,
     solved_threshold=solved,
+    randomization_fn=randomization_fn,
   )

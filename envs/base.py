@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from envs import randomization
+
 Observation = jax.Array | dict[str, jax.Array]
 
 
@@ -58,6 +60,8 @@ class EnvState:
     episode_metrics: `metrics` summed over the current episode so far.
     key: RNG key used for the next reset.
     core: the source environment's own state.
+    params: this env's randomized system leaves ({leaf path: value}, `envs.randomization`);
+      empty without domain randomization. Resets keep them.
   """
 
   obs: Observation
@@ -71,6 +75,7 @@ class EnvState:
   episode_metrics: dict[str, jax.Array]
   key: jax.Array
   core: Any
+  params: dict[str, jax.Array] = struct.field(default_factory=dict)
 
   @property
   def done(self) -> jax.Array:
@@ -88,6 +93,8 @@ class Environment:
     episode_length: time limit in simulator steps (as in Brax: counts action repeats).
     action_repeat: how many times each action is applied.
     solved_threshold: episode return at which the task counts as solved, if known.
+    randomization_fn: domain randomization, `(sys, rng) -> (randomized_sys, in_axes)` as in
+      Brax and Playground (`envs.randomization`), or None.
   """
 
   core: CoreEnv
@@ -95,6 +102,7 @@ class Environment:
   episode_length: int
   action_repeat: int = 1
   solved_threshold: float | None = None
+  randomization_fn: randomization.RandomizationFn | None = None
 
   def __post_init__(self):
     if self.episode_length < 1:
@@ -124,9 +132,19 @@ class Environment:
     """Agent steps in an episode that reaches the time limit."""
     return self.episode_length // self.action_repeat
 
-  def reset(self, key: jax.Array) -> EnvState:
+  def randomize(self, key: jax.Array, num_envs: int) -> dict[str, jax.Array]:
+    """Randomized system leaves for `num_envs` envs, [num_envs, ...] each (none without a
+    `randomization_fn`); `reset` takes one env's."""
+    if self.randomization_fn is None:
+      return {}
+    keys = jax.random.split(key, num_envs)
+    return randomization.randomize(self.randomization_fn, self.core, keys)
+
+  def reset(self, key: jax.Array, params: dict[str, jax.Array] | None = None) -> EnvState:
+    """A fresh episode; `params` are this env's randomized system leaves (`randomize`)."""
+    params = {} if params is None else params
     key, core_key = jax.random.split(key)
-    core = self.core.reset(core_key)
+    core = randomization.with_params(self.core, params).reset(core_key)
     obs = _check_obs(core.obs, self.name)
     zero = jnp.zeros((), jnp.float32)
     metrics = _scalar_metrics(core.metrics)
@@ -142,11 +160,13 @@ class Environment:
       episode_metrics=jax.tree.map(jnp.zeros_like, metrics),
       key=key,
       core=core,
+      params=params,
     )
 
   def step(self, state: EnvState, action: jax.Array) -> EnvState:
     """Applies `action`, then resets the episode if it ended."""
-    core, reward, termination = self._repeat(state.core, action)
+    source = randomization.with_params(self.core, state.params)
+    core, reward, termination = self._repeat(source, state.core, action)
     steps = state.steps + 1
     truncation = jnp.where((steps >= self.max_episode_steps) & (termination == 0), 1.0, 0.0).astype(
       jnp.float32
@@ -157,7 +177,7 @@ class Environment:
     done = jnp.maximum(termination, truncation) > 0
 
     key, reset_key = jax.random.split(state.key)
-    fresh = self.core.reset(reset_key)
+    fresh = source.reset(reset_key)
     core = optax.tree.where(done, fresh, core)
     return EnvState(
       obs=_check_obs(core.obs, self.name),
@@ -173,14 +193,17 @@ class Environment:
       ),
       key=key,
       core=core,
+      params=state.params,
     )
 
-  def _repeat(self, core: Any, action: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+  def _repeat(
+    self, source: CoreEnv, core: Any, action: jax.Array
+  ) -> tuple[Any, jax.Array, jax.Array]:
     """Steps the core env `action_repeat` times; stops accumulating once it terminates."""
 
     def one(carry, _):
       core, reward, termination = carry
-      stepped = self.core.step(core, action)
+      stepped = source.step(core, action)
       stepped = stepped.replace(reward=_scalar(stepped.reward), done=_scalar(stepped.done))
       alive = termination == 0
       core = optax.tree.where(alive, stepped, core)
@@ -190,7 +213,7 @@ class Environment:
 
     zero = jnp.zeros((), jnp.float32)
     if self.action_repeat == 1:
-      stepped = self.core.step(core, action)
+      stepped = source.step(core, action)
       return stepped, _scalar(stepped.reward), _scalar(stepped.done)
     (core, reward, termination), _ = jax.lax.scan(
       one, (core, zero, zero), None, length=self.action_repeat

@@ -296,6 +296,24 @@ PRESETS: dict[str, PPOConfig] = {
     reward_scaling=1.0,
     num_evals=6,
   ),
+  # The cart-pole whose policy sees a noisy state and whose critic sees the true one
+  # (value_obs_key="state" gives the symmetric actor-critic to compare with).
+  "cartpole_privileged": PPOConfig(
+    env="builtin/cartpole_privileged",
+    num_timesteps=300_000,
+    num_envs=64,
+    batch_size=64,
+    num_minibatches=8,
+    unroll_length=32,
+    num_updates_per_batch=4,
+    episode_length=500,
+    learning_rate=1e-3,
+    entropy_cost=1e-3,
+    discounting=0.99,
+    reward_scaling=1.0,
+    num_evals=6,
+    value_obs_key="privileged_state",
+  ),
   # The built-in Pendulum-v1 swing-up; small-batch, many-epoch PPO in the style of CleanRL.
   "pendulum_swingup": PPOConfig(
     env="builtin/pendulum_swingup",
