@@ -202,3 +202,21 @@ def test_evaluation_with_dict_observations(run_dir, capsys):
   assert len(evals) == tiny().num_evals and all(
     np.isfinite(e["eval/episode_return"]) for e in evals
   )
+
+
+def test_onnx_export_takes_the_policys_entry(run_dir, tmp_path):
+  from experiments import export
+
+  model = export.export_policy(run_dir, tmp_path / "policy.onnx")
+  assert export.largest_difference(run_dir, model, count=200) < 1e-5
+
+
+@pytest.mark.slow  # ~1 minute on a CPU core
+def test_the_asymmetric_cartpole_trains_to_its_threshold():
+  from experiments.presets import PRESETS
+
+  cfg = PRESETS["cartpole_privileged"]
+  assert cfg.value_obs_key == "privileged_state" and cfg.policy_obs_key == "state"
+  result = train(cfg, progress_fn=None, show_progress=False)
+  solved = envs.make(cfg.env).solved_threshold
+  assert result.evals["eval/episode_return"][-1] >= solved
