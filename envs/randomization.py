@@ -80,16 +80,15 @@ def _name(path) -> str:
 
 
 def cartpole(sys, rng: jax.Array):
-  """Built-in cart-poles: pole mass x U(0.5, 2), pole half-length x U(0.7, 1.3) and cart mass
-  x U(0.5, 2), per env."""
-  low, high = jnp.array([0.5, 0.7, 0.5]), jnp.array([2.0, 1.3, 2.0])
-  scale = jax.vmap(lambda key: jax.random.uniform(key, (3,), minval=low, maxval=high))(rng)
+  """Built-in cart-poles: pole mass x U(0.5, 2), pole half-length x U(0.5, 1.5), cart mass
+  x U(0.5, 2) and the actuator's force x U(0.2, 1), per env."""
+  low, high = jnp.array([0.5, 0.5, 0.5, 0.2]), jnp.array([2.0, 1.5, 2.0, 1.0])
+  scale = jax.vmap(lambda key: jax.random.uniform(key, (4,), minval=low, maxval=high))(rng)
+  fields = ("pole_mass", "half_length", "cart_mass", "force_mag")
   randomized = sys.replace(
-    pole_mass=sys.pole_mass * scale[:, 0],
-    half_length=sys.half_length * scale[:, 1],
-    cart_mass=sys.cart_mass * scale[:, 2],
+    **{name: getattr(sys, name) * scale[:, i] for i, name in enumerate(fields)}
   )
-  in_axes = jax.tree.map(lambda _: None, sys).replace(pole_mass=0, half_length=0, cart_mass=0)
+  in_axes = jax.tree.map(lambda _: None, sys).replace(**dict.fromkeys(fields, 0))
   return randomized, in_axes
 
 

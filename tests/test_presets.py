@@ -90,7 +90,7 @@ def _check_env(cfg: PPOConfig, env: envs.Environment) -> None:
   assert env.episode_length == cfg.episode_length
   assert env.action_repeat == cfg.action_repeat
   assert env.max_episode_steps * cfg.action_repeat == cfg.episode_length
-  assert env.observation_size > 0 and env.action_size > 0
+  assert all(size > 0 for size in jax.tree.leaves(env.observation_size)) and env.action_size > 0
 
 
 def test_list_shows_every_preset(capsys):

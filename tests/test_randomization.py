@@ -13,7 +13,8 @@ from tiny import fresh, tiny
 import envs
 from envs import randomization
 from experiments import evaluate
-from ppo_jax import PPOConfig, train
+from ppo_jax import PPOConfig, checkpoint, train
+from ppo_jax.step import make_train_step
 
 RANDOMIZED = dict(randomization="cartpole")
 
@@ -23,7 +24,7 @@ def test_each_env_gets_its_own_parameters_and_the_seed_fixes_them():
   _, _, same = fresh(tiny(**RANDOMIZED))
   _, _, other = fresh(tiny(**RANDOMIZED, seed=1))
   params = state.env_state.params
-  assert set(params) == {"pole_mass", "half_length", "cart_mass"}
+  assert set(params) == {"pole_mass", "half_length", "cart_mass", "force_mag"}
   for name, values in params.items():
     assert values.shape == (tiny().num_envs,)
     assert len(np.unique(values)) == tiny().num_envs, name  # every env differs
@@ -84,12 +85,37 @@ def test_brax_ant_randomization_moves_friction_masses_and_gains():
   assert np.all((friction >= 0.6) & (friction <= 1.4)) and len(np.unique(friction[:, 0])) == 4
 
 
+def test_a_checkpointed_randomized_state_continues_bit_identically(tmp_path):
+  cfg = tiny(**RANDOMIZED)
+  env, networks, state = fresh(cfg)
+  step = jax.jit(make_train_step(cfg, env, networks))
+  straight = state
+  for _ in range(4):
+    straight, _ = step(straight)
+  cut = step(step(state)[0])[0]
+  checkpoints = checkpoint.Checkpointer(tmp_path, keep=1, asynchronous=False)
+  checkpoints.save(2, cut, {})
+  resumed, _ = checkpoints.restore_latest(jax.tree.map(jnp.zeros_like, cut))
+  for _ in range(2):
+    resumed, _ = step(resumed)
+  chex.assert_trees_all_equal(jax.device_get(resumed), jax.device_get(straight))
+  chex.assert_trees_all_equal(straight.env_state.params, state.env_state.params)
+
+
 class Interrupt(Exception):
   pass
 
 
+@pytest.mark.slow  # ~1 minute: three runs of the whole trainer
 def test_resume_is_bit_identical_and_the_trace_shows_each_envs_parameters(tmp_path, capsys):
-  cfg = tiny(**RANDOMIZED, num_evals=3, num_resets_per_eval=1)  # 2 chunks, each ends in a reset
+  # Dict observations and randomization together; 2 chunks, each ends in a reset of every env.
+  cfg = tiny(
+    **RANDOMIZED,
+    env="builtin/cartpole_privileged",
+    value_obs_key="privileged_state",
+    num_evals=3,
+    num_resets_per_eval=1,
+  )
   whole = train(cfg, tmp_path / "whole", show_progress=False)
 
   def stop_after_one_chunk(record):
@@ -100,7 +126,12 @@ def test_resume_is_bit_identical_and_the_trace_shows_each_envs_parameters(tmp_pa
     train(cfg, tmp_path / "cut", show_progress=False, progress_fn=stop_after_one_chunk)
   resumed = train(cfg, tmp_path / "cut", resume=True, show_progress=False)
   chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(whole.state))
-  assert set(resumed.state.env_state.params) == {"pole_mass", "half_length", "cart_mass"}
+  assert set(resumed.state.env_state.params) == {
+    "pole_mass",
+    "half_length",
+    "cart_mass",
+    "force_mag",
+  }
 
   out = evaluate.main([str(tmp_path / "whole"), "--episodes", "3", "--no-video"])
   with np.load(out / evaluate.TRACE_FILE) as npz:
