@@ -168,7 +168,7 @@ class PPOConfig:
   )
   value_obs_key: str = setting(
     "state",
-    "the entry of a dict observation the value network sees, e.g. 'privileged_state' for an asymmetric actor-critic (Brax's name and default); an array observation is seen whole.",
+    "the entry of a dict observation the value network sees, e.g. 'privileged_state', so that the critic sees more than the policy (Brax's name and default); an array observation is seen whole.",
   )
   state_dependent_std: bool = setting(
     True,
