@@ -11,6 +11,8 @@ CPU, `--env_backend generalized` runs rollouts about 5x faster.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ppo_jax import PPOConfig
 
 # MuJoCo Playground's PPO settings for the DM Control Suite
@@ -331,4 +333,11 @@ PRESETS: dict[str, PPOConfig] = {
     reward_scaling=0.1,
   ),
 }
+# Domain randomization examples (envs/randomization.py): Brax's ant with per-env friction, link
+# masses and actuator gains, and the built-in cart-pole with per-env masses, pole length and
+# actuator force.
+PRESETS["brax_ant_randomized"] = dataclasses.replace(PRESETS["brax_ant"], randomization="brax_ant")
+PRESETS["cartpole_randomized"] = dataclasses.replace(
+  PRESETS["cartpole_balance"], randomization="cartpole"
+)
 PRESETS["default"] = PRESETS["brax_inverted_pendulum"]
