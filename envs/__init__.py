@@ -13,15 +13,18 @@ import functools
 
 from envs.base import CoreEnv, Environment, EnvState
 from envs.builtin import TASKS
+from envs.randomization import RANDOMIZATIONS, RandomizationFn
 
 __all__ = [
   "BACKENDS",
+  "RANDOMIZATIONS",
   "SOURCES",
   "CoreEnv",
   "Environment",
   "EnvState",
   "available",
   "check_name",
+  "check_playground_assets",
   "did_you_mean",
   "make",
 ]
@@ -44,11 +47,33 @@ def _brax_names() -> tuple[str, ...]:
 
 @functools.cache
 def _playground_names() -> tuple[str, ...]:
-  # Only the DM Control Suite ships its models; the other Playground suites download
-  # MuJoCo Menagerie at first use, which this project never does.
   from mujoco_playground import registry
 
-  return tuple(registry.dm_control_suite.ALL_ENVS)
+  return tuple(registry.ALL_ENVS)
+
+
+MENAGERIE_URL = "https://github.com/google-deepmind/mujoco_menagerie"
+
+
+def check_playground_assets(env_name: str) -> None:
+  """Raises ValueError when a Playground env needs MuJoCo Menagerie and it is not on disk.
+
+  The DM Control Suite ships its models; the locomotion and manipulation suites load their
+  robots from Menagerie, which Playground clones from GitHub at first use. This project never
+  downloads at run time: the check comes first, and the message says where Playground looks
+  (mujoco_playground/../external_deps/mujoco_menagerie) and how to put Menagerie there.
+  """
+  from mujoco_playground import registry
+  from mujoco_playground._src import mjx_env
+
+  if env_name in registry.dm_control_suite.ALL_ENVS or mjx_env.MENAGERIE_PATH.exists():
+    return
+  path, commit = mjx_env.MENAGERIE_PATH, mjx_env.MENAGERIE_COMMIT_SHA
+  raise ValueError(
+    f"playground/{env_name} needs MuJoCo Menagerie's robots in {path}, which does not exist, "
+    f"and this project never downloads at run time. Provide it: git clone {MENAGERIE_URL} "
+    f"{path} && git -C {path} checkout {commit} (or symlink an existing copy to {path})"
+  )
 
 
 def available() -> list[str]:
@@ -88,7 +113,10 @@ def check_name(name: str) -> None:
   registry, what = {
     "builtin": (lambda: sorted(TASKS), "built-in tasks"),
     "brax": (_brax_names, "Brax envs"),
-    "playground": (_playground_names, "Playground envs available offline (DM Control Suite)"),
+    "playground": (
+      _playground_names,
+      "Playground envs (all but the DM Control Suite need MuJoCo Menagerie on disk)",
+    ),
   }[source]
   names = list(registry())
   if env_name not in names:
@@ -104,6 +132,7 @@ def make(
   episode_length: int | None = None,
   action_repeat: int = 1,
   backend: str | None = None,
+  randomization_fn: RandomizationFn | None = None,
   **kwargs,
 ) -> Environment:
   """Makes an environment by name.
@@ -115,11 +144,14 @@ def make(
     action_repeat: times each action is applied.
     backend: Brax physics pipeline ("mjx", "generalized", "positional", "spring") or the
       Playground implementation ("jax", "warp"); the source's CPU-friendly default when None.
+    randomization_fn: domain randomization with Brax's and Playground's signature,
+      `(sys, rng) -> (randomized_sys, in_axes)` (`envs.randomization`), or None.
     **kwargs: passed to the source's constructor (Brax env kwargs, Playground config overrides).
 
   Raises:
-    ValueError: unknown source or name (the message lists what is available), or a
-      backend given for a source that has none.
+    ValueError: unknown source or name (the message lists what is available), a backend
+      given for a source that has none, or a Playground robot whose MuJoCo Menagerie assets
+      are not on disk (the message names the directory and how to provide it).
   """
   check_name(name)
   source, _, env_name = name.partition("/")
@@ -136,6 +168,7 @@ def make(
   else:
     from mujoco_playground import registry
 
+    check_playground_assets(env_name)
     overrides = {"impl": backend or "jax", **kwargs}
     core = registry.load(env_name, config_overrides=overrides)
     length, solved = int(registry.get_default_config(env_name).episode_length), None
@@ -145,4 +178,5 @@ def make(
     episode_length=length if episode_length is None else episode_length,
     action_repeat=action_repeat,
     solved_threshold=solved,
+    randomization_fn=randomization_fn,
   )

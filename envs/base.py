@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import jax
@@ -25,11 +26,15 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from envs import randomization
+
+Observation = jax.Array | dict[str, jax.Array]
+
 
 class CoreEnv(Protocol):
   """What a source environment must offer (Brax and Playground envs already do)."""
 
-  observation_size: int
+  observation_size: Any  # an int, or a dict of sizes for dict observations
   action_size: int
 
   def reset(self, key: jax.Array) -> Any: ...
@@ -42,11 +47,12 @@ class EnvState:
   """State of one wrapped environment.
 
   Attributes:
-    obs: [obs_size] observation to act on next (already reset if the episode ended).
+    obs: [obs_size] observation to act on next (already reset if the episode ended), or a
+      dict of such vectors (e.g. {"state": ..., "privileged_state": ...}).
     reward: [] reward of the last step (summed over the action repeat).
     termination: [] 1.0 if the last step ended the episode through the task (a fall).
     truncation: [] 1.0 if the last step hit the time limit without a termination.
-    final_obs: [obs_size] observation the last step reached, before any reset.
+    final_obs: [obs_size] (or a dict) observation the last step reached, before any reset.
     metrics: per-step metrics the source env reports (e.g. reward terms, contact forces),
       scalars as float32.
     steps: [] agent steps taken in the current episode.
@@ -54,19 +60,22 @@ class EnvState:
     episode_metrics: `metrics` summed over the current episode so far.
     key: RNG key used for the next reset.
     core: the source environment's own state.
+    params: this env's randomized system leaves ({leaf path: value}, `envs.randomization`);
+      empty without domain randomization. Resets keep them.
   """
 
-  obs: jax.Array
+  obs: Observation
   reward: jax.Array
   termination: jax.Array
   truncation: jax.Array
-  final_obs: jax.Array
+  final_obs: Observation
   metrics: dict[str, jax.Array]
   steps: jax.Array
   episode_return: jax.Array
   episode_metrics: dict[str, jax.Array]
   key: jax.Array
   core: Any
+  params: dict[str, jax.Array] = struct.field(default_factory=dict)
 
   @property
   def done(self) -> jax.Array:
@@ -84,6 +93,8 @@ class Environment:
     episode_length: time limit in simulator steps (as in Brax: counts action repeats).
     action_repeat: how many times each action is applied.
     solved_threshold: episode return at which the task counts as solved, if known.
+    randomization_fn: domain randomization, `(sys, rng) -> (randomized_sys, in_axes)` as in
+      Brax and Playground (`envs.randomization`), or None.
   """
 
   core: CoreEnv
@@ -91,6 +102,7 @@ class Environment:
   episode_length: int
   action_repeat: int = 1
   solved_threshold: float | None = None
+  randomization_fn: randomization.RandomizationFn | None = None
 
   def __post_init__(self):
     if self.episode_length < 1:
@@ -104,10 +116,12 @@ class Environment:
       )
 
   @functools.cached_property
-  def observation_size(self) -> int:
-    """The observation's size, from a reset traced once, never run: Brax's own property runs
-    a whole reset op by op (seconds for a MuJoCo model) at every access."""
-    return int(jax.eval_shape(self.reset, jax.random.PRNGKey(0)).obs.shape[-1])
+  def observation_size(self) -> int | dict[str, int]:
+    """The observation's size (a dict of sizes for dict observations), from a reset traced
+    once, never run: Brax's own property runs a whole reset op by op (seconds for a MuJoCo
+    model) at every access."""
+    obs = jax.eval_shape(self.reset, jax.random.PRNGKey(0)).obs
+    return jax.tree.map(lambda x: int(x.shape[-1]), obs)
 
   @property
   def action_size(self) -> int:
@@ -118,9 +132,19 @@ class Environment:
     """Agent steps in an episode that reaches the time limit."""
     return self.episode_length // self.action_repeat
 
-  def reset(self, key: jax.Array) -> EnvState:
+  def randomize(self, key: jax.Array, num_envs: int) -> dict[str, jax.Array]:
+    """Randomized system leaves for `num_envs` envs, [num_envs, ...] each (none without a
+    `randomization_fn`); `reset` takes one env's."""
+    if self.randomization_fn is None:
+      return {}
+    keys = jax.random.split(key, num_envs)
+    return randomization.randomize(self.randomization_fn, self.core, keys)
+
+  def reset(self, key: jax.Array, params: dict[str, jax.Array] | None = None) -> EnvState:
+    """A fresh episode; `params` are this env's randomized system leaves (`randomize`)."""
+    params = {} if params is None else params
     key, core_key = jax.random.split(key)
-    core = self.core.reset(core_key)
+    core = randomization.with_params(self.core, params).reset(core_key)
     obs = _check_obs(core.obs, self.name)
     zero = jnp.zeros((), jnp.float32)
     metrics = _scalar_metrics(core.metrics)
@@ -136,11 +160,13 @@ class Environment:
       episode_metrics=jax.tree.map(jnp.zeros_like, metrics),
       key=key,
       core=core,
+      params=params,
     )
 
   def step(self, state: EnvState, action: jax.Array) -> EnvState:
     """Applies `action`, then resets the episode if it ended."""
-    core, reward, termination = self._repeat(state.core, action)
+    source = randomization.with_params(self.core, state.params)
+    core, reward, termination = self._repeat(source, state.core, action)
     steps = state.steps + 1
     truncation = jnp.where((steps >= self.max_episode_steps) & (termination == 0), 1.0, 0.0).astype(
       jnp.float32
@@ -151,7 +177,7 @@ class Environment:
     done = jnp.maximum(termination, truncation) > 0
 
     key, reset_key = jax.random.split(state.key)
-    fresh = self.core.reset(reset_key)
+    fresh = source.reset(reset_key)
     core = optax.tree.where(done, fresh, core)
     return EnvState(
       obs=_check_obs(core.obs, self.name),
@@ -167,14 +193,17 @@ class Environment:
       ),
       key=key,
       core=core,
+      params=state.params,
     )
 
-  def _repeat(self, core: Any, action: jax.Array) -> tuple[Any, jax.Array, jax.Array]:
+  def _repeat(
+    self, source: CoreEnv, core: Any, action: jax.Array
+  ) -> tuple[Any, jax.Array, jax.Array]:
     """Steps the core env `action_repeat` times; stops accumulating once it terminates."""
 
     def one(carry, _):
       core, reward, termination = carry
-      stepped = self.core.step(core, action)
+      stepped = source.step(core, action)
       stepped = stepped.replace(reward=_scalar(stepped.reward), done=_scalar(stepped.done))
       alive = termination == 0
       core = optax.tree.where(alive, stepped, core)
@@ -184,7 +213,7 @@ class Environment:
 
     zero = jnp.zeros((), jnp.float32)
     if self.action_repeat == 1:
-      stepped = self.core.step(core, action)
+      stepped = source.step(core, action)
       return stepped, _scalar(stepped.reward), _scalar(stepped.done)
     (core, reward, termination), _ = jax.lax.scan(
       one, (core, zero, zero), None, length=self.action_repeat
@@ -204,10 +233,13 @@ def _scalar_metrics(metrics: dict[str, Any]) -> dict[str, jax.Array]:
   }
 
 
-def _check_obs(obs: Any, name: str) -> jax.Array:
-  if not isinstance(obs, jax.Array) or obs.ndim != 1:
+def _check_obs(obs: Any, name: str) -> Observation:
+  """The observation as float32: a flat vector, or a dict of flat vectors (one per entry)."""
+  obs = dict(obs) if isinstance(obs, Mapping) else obs
+  entries = obs.values() if isinstance(obs, dict) else [obs]
+  if not all(isinstance(x, jax.Array) and x.ndim == 1 for x in entries):
     raise ValueError(
-      f"environment {name!r} must return a flat observation vector; got "
+      f"environment {name!r} must return a flat observation vector or a dict of them; got "
       f"{jax.tree.map(lambda x: getattr(x, 'shape', type(x)), obs)}"
     )
-  return obs.astype(jnp.float32)
+  return jax.tree.map(lambda x: x.astype(jnp.float32), obs)

@@ -23,14 +23,28 @@ class TaskState:
   metrics: dict[str, jax.Array]
 
 
+@struct.dataclass
+class CartpoleSystem:
+  """The cart-pole's physical constants (what a `randomization_fn` may vary per env)."""
+
+  gravity: float = 9.8
+  cart_mass: float = 1.0
+  pole_mass: float = 0.1
+  half_length: float = 0.5
+  force_mag: float = 10.0
+  dt: float = 0.02
+
+
 @dataclasses.dataclass(frozen=True)
 class CartpoleBalance:
   """Continuous cart-pole (Barto, Sutton and Anderson 1983 dynamics, as in Gym's CartPole).
 
   Reward 1 per step while the pole is up; the episode terminates (a fall) when the pole
-  leaves +-12 degrees or the cart leaves +-2.4 m. The force is `10 N * clip(action, -1, 1)`.
+  leaves +-12 degrees or the cart leaves +-2.4 m. The force is `10 N * clip(action, -1, 1)`;
+  `sys` holds the constants.
   """
 
+  sys: CartpoleSystem = dataclasses.field(default_factory=CartpoleSystem)
   observation_size: int = 4
   action_size: int = 1
   default_episode_length: int = 500
@@ -41,9 +55,16 @@ class CartpoleBalance:
     return self._state(physics, reward=0.0, done=0.0, action=jnp.zeros(1))
 
   def step(self, state: TaskState, action: jax.Array) -> TaskState:
-    gravity, cart_mass, pole_mass, half_length, dt = 9.8, 1.0, 0.1, 0.5, 0.02
+    sys = self.sys
+    gravity, cart_mass, pole_mass, half_length, dt = (
+      sys.gravity,
+      sys.cart_mass,
+      sys.pole_mass,
+      sys.half_length,
+      sys.dt,
+    )
     total_mass = cart_mass + pole_mass
-    force = 10.0 * jnp.clip(action[0], -1.0, 1.0)
+    force = sys.force_mag * jnp.clip(action[0], -1.0, 1.0)
     x, x_dot, theta, theta_dot = state.physics
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     temp = (force + pole_mass * half_length * theta_dot**2 * sin) / total_mass
@@ -112,4 +133,50 @@ class PendulumSwingup:
     )
 
 
-TASKS = {"cartpole_balance": CartpoleBalance, "pendulum_swingup": PendulumSwingup}
+@struct.dataclass
+class NoisyTaskState(TaskState):
+  """A task state with the key of the observation noise."""
+
+  key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class CartpolePrivileged:
+  """Cart-pole balance (`CartpoleBalance`) whose policy sees a noisy state: an asymmetric
+  actor-critic's test bed.
+
+  The observation is a dict, as Playground's locomotion envs return: "state" is the cart-pole
+  state plus fresh Gaussian noise at every step (std `noise_std` per dimension: x, x_dot,
+  theta, theta_dot), "privileged_state" the true state, which a critic may see
+  (`value_obs_key="privileged_state"`) while the policy acts on the noisy one.
+  """
+
+  noise_std: tuple[float, ...] = (0.2, 0.2, 0.04, 0.2)
+  sys: CartpoleSystem = dataclasses.field(default_factory=CartpoleSystem)
+  action_size: int = 1
+  default_episode_length: int = 500
+  solved_threshold: float = 475.0
+
+  @property
+  def observation_size(self) -> dict[str, int]:
+    return {"state": 4, "privileged_state": 4}
+
+  def reset(self, key: jax.Array) -> NoisyTaskState:
+    key, physics_key = jax.random.split(key)
+    return self._observe(CartpoleBalance(self.sys).reset(physics_key), key)
+
+  def step(self, state: NoisyTaskState, action: jax.Array) -> NoisyTaskState:
+    return self._observe(CartpoleBalance(self.sys).step(state, action), state.key)
+
+  def _observe(self, task: TaskState, key: jax.Array) -> NoisyTaskState:
+    key, noise_key = jax.random.split(key)
+    noise = jnp.asarray(self.noise_std) * jax.random.normal(noise_key, (4,))
+    obs = {"state": task.physics + noise, "privileged_state": task.physics}
+    return NoisyTaskState(**{**vars(task), "obs": obs}, key=key)
+
+
+TASKS = {
+  "cartpole_balance": CartpoleBalance,
+  "cartpole_privileged": CartpolePrivileged,
+  "pendulum_swingup": PendulumSwingup,
+}

@@ -11,7 +11,7 @@ RUN_DIR/eval/<date>-<time>[-n]/, so an earlier evaluation is never overwritten:
 
   returns.json  per-episode returns, lengths and termination flags, their mean and std,
                 the seed and whether actions were deterministic.
-  trace.npz     observations [T, N, obs], actions [T, N, act] (clipped, as sent to the env),
+  trace.npz     observations [T, N, obs] (observations/<entry> of dict ones), actions [T, N, act] (clipped, as sent to the env),
                 saturated [T, N] (fraction of action dimensions at the bounds, unclipped),
                 rewards [T, N], terminations [T, N], truncations [T, N] and alive [T, N]
                 (True up to and including the step that ends the env's first episode).
@@ -41,7 +41,8 @@ import numpy as np
 from envs import Environment
 from ppo_jax import checkpoint, health, load_policy, logger
 from ppo_jax.distribution import DISTRIBUTIONS
-from ppo_jax.rollout import Trace, first_episodes, summarize, trace_episodes
+from ppo_jax.normalization import entry
+from ppo_jax.rollout import Trace, first_episodes, summarize, trace_arrays, trace_episodes
 from ppo_jax.step import make_env
 
 EVAL_DIR = "eval"
@@ -239,21 +240,22 @@ def main(argv: list[str] | None = None) -> Path:
   with mujoco_gl("disable" if gl_error is not None else None):
     env = make_env(cfg)
   no_video = "skipped (--no-video)" if args.no_video else rendering_unavailable(cfg.env, gl_error)
-  policy = load_policy(run_dir, deterministic=args.deterministic)
+  saved = load_policy(run_dir, deterministic=args.deterministic)
+  policy = lambda obs, key: saved(entry(obs, cfg.policy_obs_key), key)  # noqa: E731
   bound = DISTRIBUTIONS[cfg.distribution_type].saturation_bound
   rollout = jax.jit(make_rollout(env, policy, args.episodes, no_video is None, bound))
   trace, states = rollout(jax.random.PRNGKey(args.seed))
-  trace = {name: np.asarray(value) for name, value in jax.device_get(trace)._asdict().items()}
+  trace = jax.device_get(trace)
 
   out = logger.new_directory(run_dir / EVAL_DIR)
-  np.savez(out / TRACE_FILE, **trace)
+  np.savez(out / TRACE_FILE, **trace_arrays(trace))
   results = {
     "env": cfg.env,
     "episodes": args.episodes,
     "deterministic": args.deterministic,
     "seed": args.seed,
     "max_episode_steps": env.max_episode_steps,
-    **summarize(first_episodes(Trace(**trace))),
+    **summarize(first_episodes(trace)),
     "video": None,
     "video_note": no_video,
   }

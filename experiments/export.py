@@ -8,7 +8,8 @@ jax2onnx: the observation normalizer (the run's final statistics), the policy ne
 distribution's deterministic action and its mapping to the env's action range are all in the
 graph, so a runtime needs nothing else. Input "observation" [batch, observation_size] float32,
 output "action" [batch, action_size] float32, with a dynamic batch size. The model's metadata
-holds the env's name and both sizes. After writing, the model is run with onnxruntime on
+holds the env's name, both sizes and `policy_obs_key`: of an env with dict observations, the
+model takes that entry. After writing, the model is run with onnxruntime on
 random observations and compared with the JAX policy; the largest difference is printed.
 
 Needs the `export` extra: pip install -e ".[export]" (jax2onnx, onnxruntime).
@@ -53,7 +54,12 @@ def export_policy(run_dir: str | Path, output: str | Path, opset: int = OPSET) -
     input_names=[INPUT],
     output_names=[OUTPUT],
   )
-  metadata = {"env": cfg.env, "observation_size": observation_size, "action_size": action_size}
+  metadata = {
+    "env": cfg.env,
+    "observation_size": observation_size,
+    "action_size": action_size,
+    "policy_obs_key": cfg.policy_obs_key,
+  }
   onnx.helper.set_model_props(model, {key: str(value) for key, value in metadata.items()})
   output = Path(output)
   output.parent.mkdir(parents=True, exist_ok=True)

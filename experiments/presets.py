@@ -11,6 +11,8 @@ CPU, `--env_backend generalized` runs rollouts about 5x faster.
 
 from __future__ import annotations
 
+import dataclasses
+
 from ppo_jax import PPOConfig
 
 # MuJoCo Playground's PPO settings for the DM Control Suite
@@ -89,7 +91,88 @@ _BRAX_ANT = dict(
   batch_size=2048,
 )
 
+
+def _playground_robot(name: str, **published) -> PPOConfig:
+  """A Playground robot with its published settings (mujoco_playground/config/
+  locomotion_params.py or manipulation_params.py, brax_ppo_config; network_factory's keywords
+  are fields here). These need MuJoCo Menagerie on disk (`envs.make` says where) and thousands
+  of envs on an accelerator: they cannot be trained on this project's CPU machines."""
+  shared = dict(
+    reward_scaling=1.0,
+    normalize_observations=True,
+    action_repeat=1,
+    learning_rate=3e-4,
+    num_minibatches=32,
+    discounting=0.97,
+    batch_size=256,
+    num_envs=8192,
+    num_updates_per_batch=4,
+  )
+  return PPOConfig(env=f"playground/{name}", **{**shared, **published})
+
+
+# Playground's locomotion and manipulation robots, asymmetric actor-critics (the value network
+# sees "privileged_state") as published; they cannot be trained here (see _playground_robot).
+_ROBOT_NETWORKS = dict(
+  policy_hidden_layer_sizes=(512, 256, 128),
+  value_hidden_layer_sizes=(512, 256, 128),
+  policy_obs_key="state",
+  value_obs_key="privileged_state",
+)
+PLAYGROUND_ROBOTS: dict[str, PPOConfig] = {
+  "playground_go1_joystick_flat_terrain": _playground_robot(
+    "Go1JoystickFlatTerrain",
+    num_timesteps=200_000_000,
+    num_evals=10,  # 9 chunks of 140 iterations: 206M steps
+    episode_length=1000,
+    unroll_length=20,
+    entropy_cost=1e-2,
+    max_grad_norm=1.0,
+    num_resets_per_eval=10,
+    **_ROBOT_NETWORKS,
+  ),
+  "playground_g1_joystick_flat_terrain": _playground_robot(
+    "G1JoystickFlatTerrain",
+    num_timesteps=200_000_000,
+    num_evals=20,
+    episode_length=1000,
+    unroll_length=20,
+    clipping_epsilon=0.2,
+    entropy_cost=5e-3,
+    max_grad_norm=1.0,
+    num_resets_per_eval=1,
+    **_ROBOT_NETWORKS,
+  ),
+  "playground_leap_cube_rotate_z_axis": _playground_robot(
+    "LeapCubeRotateZAxis",
+    num_timesteps=100_000_000,
+    num_evals=10,
+    episode_length=500,
+    unroll_length=40,
+    entropy_cost=1e-2,
+    num_resets_per_eval=1,
+    **_ROBOT_NETWORKS,
+  ),
+  # A symmetric one: the published networks see "state" both.
+  "playground_panda_pick_cube": _playground_robot(
+    "PandaPickCube",
+    num_timesteps=20_000_000,
+    num_evals=2,  # published 4 would round 20M steps up to 24.6M; 1 chunk of 130: 21.3M
+    episode_length=150,
+    unroll_length=10,
+    num_updates_per_batch=8,
+    learning_rate=1e-3,
+    entropy_cost=2e-2,
+    num_envs=2048,
+    batch_size=512,
+    num_resets_per_eval=10,
+    policy_hidden_layer_sizes=(32, 32, 32, 32),
+    value_hidden_layer_sizes=(256, 256, 256, 256, 256),
+  ),
+}
+
 PRESETS: dict[str, PPOConfig] = {
+  **PLAYGROUND_ROBOTS,
   # Brax's published settings for inverted_pendulum, on 1024 envs; solved (1000) near 1.3M steps.
   "brax_inverted_pendulum": PPOConfig(
     env="brax/inverted_pendulum",
@@ -215,6 +298,24 @@ PRESETS: dict[str, PPOConfig] = {
     reward_scaling=1.0,
     num_evals=6,
   ),
+  # The cart-pole whose policy sees a noisy state and whose critic sees the true one
+  # (value_obs_key="state" gives the symmetric actor-critic to compare with).
+  "cartpole_privileged": PPOConfig(
+    env="builtin/cartpole_privileged",
+    num_timesteps=300_000,
+    num_envs=64,
+    batch_size=64,
+    num_minibatches=8,
+    unroll_length=32,
+    num_updates_per_batch=4,
+    episode_length=500,
+    learning_rate=1e-3,
+    entropy_cost=1e-3,
+    discounting=0.99,
+    reward_scaling=1.0,
+    num_evals=6,
+    value_obs_key="privileged_state",
+  ),
   # The built-in Pendulum-v1 swing-up; small-batch, many-epoch PPO in the style of CleanRL.
   "pendulum_swingup": PPOConfig(
     env="builtin/pendulum_swingup",
@@ -232,4 +333,11 @@ PRESETS: dict[str, PPOConfig] = {
     reward_scaling=0.1,
   ),
 }
+# Domain randomization examples (envs/randomization.py): Brax's ant with per-env friction, link
+# masses and actuator gains, and the built-in cart-pole with per-env masses, pole length and
+# actuator force.
+PRESETS["brax_ant_randomized"] = dataclasses.replace(PRESETS["brax_ant"], randomization="brax_ant")
+PRESETS["cartpole_randomized"] = dataclasses.replace(
+  PRESETS["cartpole_balance"], randomization="cartpole"
+)
 PRESETS["default"] = PRESETS["brax_inverted_pendulum"]

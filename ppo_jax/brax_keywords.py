@@ -19,6 +19,8 @@ NETWORK_KEYWORDS = (
   "distribution_type",
   "state_dependent_std",
   "init_noise_std",
+  "policy_obs_key",
+  "value_obs_key",
 )
 
 # `ppo.train` keyword -> why PPOConfig has no field of that name.
@@ -31,7 +33,8 @@ NOT_SUPPORTED = {
   "wrap_env": "every env is wrapped by `envs.Environment` (time limit, action repeat, "
   "auto-reset with the true final observation)",
   "wrap_env_fn": "the wrapper is `envs.Environment`",
-  "randomization_fn": "no domain randomization",
+  "randomization_fn": "a function in Brax; `randomization` names one registered in "
+  "`envs.RANDOMIZATIONS` (same signature), so that checkpoints, presets and the CLI name it",
   "vision": "observations are state vectors; no pixel pipeline",
   "augment_pixels": "observations are state vectors; no pixel pipeline",
   "use_distributional_critic": "the value network predicts the mean return only",

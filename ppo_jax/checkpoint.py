@@ -32,6 +32,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import serialization
 
+from ppo_jax import normalization
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_actor_critic, make_policy
 from ppo_jax.normalization import RunningStatistics
@@ -198,14 +199,20 @@ def _host_like(leaf: Any) -> Any:
 def save_policy(
   run_dir: str | Path,
   cfg: PPOConfig,
-  observation_size: int,
+  observation_size: int | dict[str, int],
   action_size: int,
   policy_params: Any,
   normalizer: RunningStatistics,
 ) -> Path:
-  """Writes what `load_policy` needs: the policy params, the normalizer and the sizes."""
+  """Writes what `load_policy` needs: the policy params, the normalizer and the sizes.
+
+  Of dict observations, only what the policy sees is kept: the `policy_obs_key` entry's size
+  and statistics, so that the saved policy takes that entry alone.
+  """
   directory = Path(run_dir) / POLICY
   directory.mkdir(parents=True, exist_ok=True)
+  observation_size = normalization.entry(observation_size, cfg.policy_obs_key)
+  normalizer = normalization.select(normalizer, cfg.policy_obs_key)
   payload = {"policy": policy_params, "normalizer": normalizer}
   (directory / "params.msgpack").write_bytes(serialization.to_bytes(jax.device_get(payload)))
   spec = {
@@ -234,7 +241,8 @@ def load_policy(run_dir: str | Path, deterministic: bool = False) -> Callable[..
 
   Returns:
     A jittable policy(obs [..., obs_size], key=None) -> action in [-1, 1]; the mean action
-    without a key (or with deterministic=True), a sample with one.
+    without a key (or with deterministic=True), a sample with one. Of dict observations it
+    takes the entry the policy saw in training (`policy_obs_key`), as an array.
   """
   cfg, observation_size, action_size, params, normalizer = load_policy_payload(run_dir)
   networks = make_actor_critic(cfg, observation_size, action_size)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from envs import BACKENDS, SOURCES
+from envs import BACKENDS, RANDOMIZATIONS, SOURCES
 from ppo_jax.rules import (
   COUNT,
   COUNTER,
@@ -64,6 +64,14 @@ class PPOConfig:
   )
   env_backend: str | None = setting(
     None, "Brax physics pipeline or Playground implementation; None for the default."
+  )
+  randomization: str | None = setting(
+    None,
+    "domain randomization: the name of a registered `randomization_fn` (envs.RANDOMIZATIONS, e.g. 'cartpole' or 'brax_ant'; `envs.randomization.register` adds one's own), drawn per env from the run's key; None for none.",
+    Rule(
+      lambda v: v in RANDOMIZATIONS,
+      "a name in envs.RANDOMIZATIONS (envs.randomization.register adds one)",
+    ),
   )
   num_timesteps: int = setting(
     2_000_000, "environment steps to train for (rounded up to whole chunks of iterations).", COUNT
@@ -153,6 +161,14 @@ class PPOConfig:
     "normal",
     "the policy's action distribution (Brax's names): 'normal', a diagonal Gaussian whose samples the env receives clipped to [-1, 1], or 'tanh_normal', a Gaussian squashed by tanh (Brax's default; exact log probabilities from the kept pre-tanh sample, entropy estimated from one sample).",
     one_of(DISTRIBUTION_TYPES),
+  )
+  policy_obs_key: str = setting(
+    "state",
+    "the entry of a dict observation the policy sees (Brax's name and default); an array observation is seen whole.",
+  )
+  value_obs_key: str = setting(
+    "state",
+    "the entry of a dict observation the value network sees, e.g. 'privileged_state', so that the critic sees more than the policy (Brax's name and default); an array observation is seen whole.",
   )
   state_dependent_std: bool = setting(
     True,

@@ -18,7 +18,7 @@ from ppo_jax import checkpoint
 from ppo_jax.config import PPOConfig
 from ppo_jax.logger import column
 from ppo_jax.monitor import LABELS, MonitorState
-from ppo_jax.rollout import Episodes, Trace, summarize
+from ppo_jax.rollout import Episodes, Trace, summarize, trace_arrays
 
 HEALTH_FILE = "health.json"
 LARGEST_KL_DIR = "largest_kl"
@@ -232,9 +232,7 @@ def compare_largest_kl(
     comparison[name] = summarize(episodes)
     if out_dir is not None:
       out_dir.mkdir(parents=True, exist_ok=True)
-      np.savez(
-        out_dir / f"{name}_trace.npz", **{k: np.asarray(v) for k, v in trace._asdict().items()}
-      )
+      np.savez(out_dir / f"{name}_trace.npz", **trace_arrays(trace))
       checkpoint.save_policy(
         out_dir / name,
         cfg,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import flax.linen as nn
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from ppo_jax import normalization
 from ppo_jax.distribution import DISTRIBUTIONS, DiagonalGaussian
-from ppo_jax.normalization import RunningStatistics
+from ppo_jax.normalization import Observation, RunningStatistics
 from ppo_jax.types import ActorCriticParams, Params
 
 if TYPE_CHECKING:
@@ -83,8 +83,10 @@ class ActorCritic:
 
   Attributes:
     init: key -> ActorCriticParams.
-    policy: (policy_params, normalizer, obs [..., obs_size]) -> the action distribution.
-    value: (value_params, normalizer, obs [..., obs_size]) -> value [...].
+    policy: (policy_params, normalizer, obs [..., obs_size]) -> the action distribution; a
+      dict observation's `policy_obs_key` entry.
+    value: (value_params, normalizer, obs [..., obs_size]) -> value [...]; a dict
+      observation's `value_obs_key` entry.
     distribution: the class `policy` returns (`DiagonalGaussian` or `TanhGaussian`).
   """
 
@@ -94,8 +96,19 @@ class ActorCritic:
   distribution: type[DiagonalGaussian] = DiagonalGaussian
 
 
-def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -> ActorCritic:
-  """The networks `cfg` describes, for observations and actions of these sizes."""
+def make_actor_critic(
+  cfg: PPOConfig, observation_size: int | Mapping[str, int], action_size: int
+) -> ActorCritic:
+  """The networks `cfg` describes, for observations and actions of these sizes.
+
+  With dict observations (`observation_size` a dict of sizes), the policy sees the entry
+  `cfg.policy_obs_key` and the value network `cfg.value_obs_key`, each normalized by its own
+  statistics; with array observations both see the whole array (Brax's rule).
+
+  Raises:
+    ValueError: a dict observation without the entry `policy_obs_key` or `value_obs_key` names.
+  """
+  check_obs_keys(cfg, observation_size)
   activation = getattr(nn, cfg.activation)  # config.ACTIVATIONS names flax.linen functions
   policy_net = GaussianPolicy(
     hidden_layer_sizes=cfg.policy_hidden_layer_sizes,
@@ -107,21 +120,46 @@ def make_actor_critic(cfg: PPOConfig, observation_size: int, action_size: int) -
   )
   value_net = ValueNetwork(cfg.value_hidden_layer_sizes, activation)
   distribution = DISTRIBUTIONS[cfg.distribution_type]
-  dummy = jnp.zeros((1, observation_size), jnp.float32)
+  policy_key, value_key = cfg.policy_obs_key, cfg.value_obs_key
 
   def init(key: jax.Array) -> ActorCriticParams:
-    policy_key, value_key = jax.random.split(key)
+    policy_init, value_init = jax.random.split(key)
     return ActorCriticParams(
-      policy=policy_net.init(policy_key, dummy), value=value_net.init(value_key, dummy)
+      policy=policy_net.init(policy_init, _dummy(observation_size, policy_key)),
+      value=value_net.init(value_init, _dummy(observation_size, value_key)),
     )
 
   def policy(params, normalizer, obs):
-    return distribution(*policy_net.apply(params, normalization.normalize(normalizer, obs)))
+    return distribution(*policy_net.apply(params, _input(normalizer, obs, policy_key)))
 
   def value(params, normalizer, obs):
-    return value_net.apply(params, normalization.normalize(normalizer, obs))
+    return value_net.apply(params, _input(normalizer, obs, value_key))
 
   return ActorCritic(init=init, policy=policy, value=value, distribution=distribution)
+
+
+def check_obs_keys(cfg: PPOConfig, observation_size: int | Mapping[str, int]) -> None:
+  """Raises ValueError unless each network's observation key names an entry of a dict
+  observation (an array observation is seen whole, whatever the keys)."""
+  if not isinstance(observation_size, Mapping):
+    return
+  for field in ("policy_obs_key", "value_obs_key"):
+    key = getattr(cfg, field)
+    if key not in observation_size:
+      raise ValueError(
+        f"{field} ({key!r}) must name an entry of {cfg.env}'s dict observation: "
+        f"{', '.join(f'{k!r} [{n}]' for k, n in observation_size.items())}"
+      )
+
+
+def _dummy(observation_size: int | Mapping[str, int], key: str) -> jax.Array:
+  return jnp.zeros((1, normalization.entry(observation_size, key)), jnp.float32)
+
+
+def _input(normalizer: RunningStatistics, obs: Observation, key: str) -> jax.Array:
+  """A network's input: the observation entry `key` (Brax's rule), normalized."""
+  selected = normalization.select(normalizer, key)
+  return normalization.normalize(selected, normalization.entry(obs, key))
 
 
 def make_policy(

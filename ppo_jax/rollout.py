@@ -152,22 +152,26 @@ class Trace(NamedTuple):
   """One step of every env; `trace_episodes` stacks it to [T, N, ...].
 
   Attributes:
-    observations: [N, obs] observation the action was chosen from.
+    observations: [N, obs] observation the action was chosen from (a dict of them for dict
+      observations).
     actions: [N, act] action sent to the env, within the bounds [-1, 1].
     rewards: [N] reward of the step.
     terminations: [N] the step ended the episode through the task.
     truncations: [N] the step hit the time limit.
     alive: [N] the step belongs to the env's first episode.
     saturated: [N] fraction of the action's dimensions at or beyond the saturation bound.
+    env_params: each env's randomized system leaves, {leaf path: [N, ...]} once for the whole
+      trace (not per step); empty without domain randomization.
   """
 
-  observations: jax.Array
+  observations: Any
   actions: jax.Array
   rewards: jax.Array
   terminations: jax.Array
   truncations: jax.Array
   alive: jax.Array
   saturated: jax.Array
+  env_params: dict[str, jax.Array] | None = None
 
 
 def trace_episodes(
@@ -195,7 +199,8 @@ def trace_episodes(
     (trace [T, N, ...], the stacked records [T, ...] or None), T = env.max_episode_steps.
   """
   reset_key, policy_key = jax.random.split(key)
-  state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+  params = env.randomize(jax.random.fold_in(reset_key, 1), num_episodes)
+  state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes), params)
   state = sharding.split_envs(state)  # under an envs layout, each device runs its envs
   keys = jax.random.split(policy_key, env.max_episode_steps)
 
@@ -229,7 +234,16 @@ def trace_episodes(
   shapes = jax.eval_shape(step, state, alive, keys[0])[2]
   outputs = jax.tree.map(lambda s: jnp.zeros((env.max_episode_steps, *s.shape), s.dtype), shapes)
   _, _, _, (trace, kept) = jax.lax.while_loop(cond, body, (0, state, alive, outputs))
-  return trace, kept
+  return trace._replace(env_params=params), kept
+
+
+def trace_arrays(trace: Trace) -> dict[str, np.ndarray]:
+  """A fetched trace as named arrays for `np.savez`: a dict observation's entries are
+  "observations/<entry>", the randomized system leaves "env_params/<leaf path>" [N, ...]."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(trace._asdict())
+  return {
+    "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf) for path, leaf in flat
+  }
 
 
 class Episodes(NamedTuple):

@@ -45,7 +45,8 @@ class TrainResult:
     normalizer: final observation statistics.
     metrics: per-iteration numpy arrays; "<name>_per_epoch" ones are [iterations, epochs].
     evals: per-evaluation numpy arrays ("env_steps", "eval/episode_return", ...).
-    policy: jittable deterministic policy(obs, key=None) -> action.
+    policy: jittable deterministic policy(obs, key=None) -> action; it takes the env's own
+      observation (the whole dict of a dict observation; `load_policy` takes the policy's entry).
     state: the final TrainState (on the device).
     config: the config trained.
     timings: seconds per phase of this process's run ("setup", "env", "compile", "init",

@@ -65,6 +65,7 @@ def make_env(cfg: PPOConfig) -> envs.Environment:
     episode_length=cfg.episode_length,
     action_repeat=cfg.action_repeat,
     backend=cfg.env_backend,
+    randomization_fn=envs.RANDOMIZATIONS.get(cfg.randomization),
   )
 
 
@@ -82,7 +83,9 @@ def init_state(
   key, params_key, env_key = jax.random.split(key, 3)
   params = networks.init(params_key)
   normalizer = normalization.init(env.observation_size)
-  env_state = jax.jit(jax.vmap(env.reset))(jax.random.split(env_key, cfg.num_envs))
+  # Each env's randomized system (if any) from a key of its own, leaving the other streams be.
+  env_params = env.randomize(jax.random.fold_in(env_key, 1), cfg.num_envs)
+  env_state = jax.jit(jax.vmap(env.reset))(jax.random.split(env_key, cfg.num_envs), env_params)
   state = TrainState(
     params=params,
     opt_state=update.make_optimizer(cfg).init(params),
@@ -349,7 +352,8 @@ def make_train_chunk(
   def iterations_then_reset(state: TrainState, _) -> tuple[TrainState, Metrics]:
     state, metrics = iterations(state)
     key, reset_key = jax.random.split(state.key)
-    env_state = jax.vmap(env.reset)(jax.random.split(reset_key, cfg.num_envs))
+    keys = jax.random.split(reset_key, cfg.num_envs)
+    env_state = jax.vmap(env.reset)(keys, state.env_state.params)
     return state.replace(env_state=env_state, key=key), metrics
 
   def chunk(state: TrainState) -> tuple[TrainState, Metrics]:

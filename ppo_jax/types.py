@@ -19,7 +19,8 @@ class Transition(NamedTuple):
   """One rollout step per environment; a rollout stacks them time-major, [T, B, ...].
 
   Attributes:
-    obs: [..., obs_size] raw observation the action was chosen from.
+    obs: [..., obs_size] raw observation the action was chosen from (a dict of them for
+      dict observations).
     action: [..., action_size] the policy's sample, before the env's bounds are applied.
     log_prob: [...] log-probability of `action` under the rollout policy.
     mean: [..., action_size] rollout policy mean (for the exact KL).
@@ -27,10 +28,11 @@ class Transition(NamedTuple):
     reward: [...] reward of the step (before reward_scaling).
     termination: [...] 1.0 where the step ended the episode through the task.
     truncation: [...] 1.0 where the step hit the time limit.
-    next_obs: [..., obs_size] true next observation (the final one where the episode ended).
+    next_obs: [..., obs_size] (or a dict) true next observation (the final one where the
+      episode ended).
   """
 
-  obs: jax.Array
+  obs: Any
   action: jax.Array
   log_prob: jax.Array
   mean: jax.Array
@@ -38,13 +40,13 @@ class Transition(NamedTuple):
   reward: jax.Array
   termination: jax.Array
   truncation: jax.Array
-  next_obs: jax.Array
+  next_obs: Any
 
 
 class Batch(NamedTuple):
   """Flat training samples, [N, ...]: a transition plus its GAE results."""
 
-  obs: jax.Array
+  obs: Any
   action: jax.Array
   log_prob: jax.Array
   mean: jax.Array

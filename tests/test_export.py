@@ -81,7 +81,12 @@ def test_default_experiment_policy(default_run, tmp_path):
   onnx.checker.check_model(proto)
   assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [export.OPSET]
   metadata = {p.key: p.value for p in proto.metadata_props}
-  assert metadata == {"env": "brax/inverted_pendulum", "observation_size": "4", "action_size": "1"}
+  assert metadata == {
+    "env": "brax/inverted_pendulum",
+    "observation_size": "4",
+    "action_size": "1",
+    "policy_obs_key": "state",
+  }
 
 
 def test_trained_builtin_task_through_the_cli(builtin_run, capsys):

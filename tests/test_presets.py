@@ -12,13 +12,14 @@ import pytest
 
 import envs
 from experiments import train as train_cli
-from experiments.presets import PRESETS
+from experiments.presets import PLAYGROUND_ROBOTS, PRESETS
 from ppo_jax import PPOConfig
 from ppo_jax.step import make_env
 
 NAMES = sorted(PRESETS)
 BRAX = [n for n in NAMES if PRESETS[n].env.startswith("brax/")]
-OTHERS = [n for n in NAMES if n not in BRAX]
+# Playground's robots need MuJoCo Menagerie on disk (tests/test_playground_robots.py).
+OTHERS = [n for n in NAMES if n not in BRAX and n not in PLAYGROUND_ROBOTS]
 
 
 def _default_episode_length(env_name: str) -> int:
@@ -90,7 +91,7 @@ def _check_env(cfg: PPOConfig, env: envs.Environment) -> None:
   assert env.episode_length == cfg.episode_length
   assert env.action_repeat == cfg.action_repeat
   assert env.max_episode_steps * cfg.action_repeat == cfg.episode_length
-  assert env.observation_size > 0 and env.action_size > 0
+  assert all(size > 0 for size in jax.tree.leaves(env.observation_size)) and env.action_size > 0
 
 
 def test_list_shows_every_preset(capsys):
