@@ -230,9 +230,24 @@ def trace_episodes(
     outputs = jax.tree.map(lambda buffer, x: buffer.at[t].set(x), outputs, out)
     return t + 1, state, next_alive, outputs
 
+  # The buffers' shapes, read off the reset state rather than traced from `step`, so that the
+  # env step is traced once (in the loop's body): tracing it is most of the evaluator's lowering.
   alive = jnp.ones((num_episodes,), bool)
-  shapes = jax.eval_shape(step, state, alive, keys[0])[2]
-  outputs = jax.tree.map(lambda s: jnp.zeros((env.max_episode_steps, *s.shape), s.dtype), shapes)
+  per_env = lambda dtype: jax.ShapeDtypeStruct((num_episodes,), dtype)  # noqa: E731
+  shapes = Trace(
+    observations=state.obs,
+    actions=jax.ShapeDtypeStruct((num_episodes, env.action_size), jnp.float32),
+    rewards=state.reward,
+    terminations=per_env(bool),
+    truncations=per_env(bool),
+    alive=alive,
+    saturated=per_env(jnp.float32),
+  )
+  first_core = jax.tree.map(lambda x: x[0], state.core)
+  kept = jax.eval_shape(record, first_core) if record is not None else None
+  outputs = jax.tree.map(
+    lambda s: jnp.zeros((env.max_episode_steps, *s.shape), s.dtype), (shapes, kept)
+  )
   _, _, _, (trace, kept) = jax.lax.while_loop(cond, body, (0, state, alive, outputs))
   return trace._replace(env_params=params), kept
 
