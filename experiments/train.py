@@ -85,9 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
   return parser
 
 
-def add_config_options(parser: argparse.ArgumentParser, omitted: str) -> None:
-  """A --<field> option per PPOConfig field, absent from the parsed arguments unless given."""
+def add_config_options(
+  parser: argparse.ArgumentParser, omitted: str, exclude: tuple[str, ...] = ()
+) -> None:
+  """A --<field> option per PPOConfig field but those in `exclude` (set by the command itself),
+  absent from the parsed arguments unless given."""
   for field in dataclasses.fields(PPOConfig):
+    if field.name in exclude:
+      continue
     parser.add_argument(
       f"--{field.name}",
       type=parse_value,

@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("envs", nargs="+", metavar="ENV", help="env names (see the module doc)")
   parser.add_argument("--seeds", type=int, default=3, help="seeds per trainer (seed, seed + 1 ...)")
   parser.add_argument("--out", type=Path, default=None, help="output folder (must not exist)")
-  add_config_options(parser, "the env's settings if omitted")
+  # The envs are the positional ENVs, the panel's size is --seeds.
+  add_config_options(parser, "the env's settings if omitted", exclude=("env", "num_seeds"))
   return parser
 
 
