@@ -12,7 +12,7 @@ import numpy as np
 import envs
 from ppo_jax import sharding
 from ppo_jax.config import PPOConfig
-from ppo_jax.programs import lower_programs, timed_compile
+from ppo_jax.programs import lower_programs, over_seeds, timed_compile
 from ppo_jax.rollout import collect
 from ppo_jax.step import TrainState, make_env_and_networks
 
@@ -90,7 +90,8 @@ def measure(
   chunk, train_compile = timed_compile(lowered["chunk"])
   with sharding.mesh_context(layout):
     options = {} if layout is None else {"in_shardings": (layout.state(abstract),)}
-    rollout = jax.jit(jax.vmap(make_rollout_only(cfg, env, networks)), **options).lower(abstract)
+    rollout = over_seeds(make_rollout_only(cfg, env, networks), cfg.num_seeds)
+    rollout = jax.jit(rollout, **options).lower(abstract)
   rollout, rollout_compile = timed_compile(rollout)
 
   def train_once():
