@@ -118,5 +118,24 @@ def brax_ant(sys, rng: jax.Array):
   return sys.tree_replace(fields), in_axes
 
 
+def brax_reacher(sys, rng: jax.Array):
+  """Brax's reacher, or any Brax env on Brax's own pipelines (generalized, positional, spring),
+  which read masses from `link.inertia` and strength from `actuator.gear` rather than from mjx's
+  fields: every link's mass x U(0.5, 2) and each actuator's gear x U(0.5, 1.5), per env."""
+
+  @jax.vmap
+  def draw(key):
+    mass_key, gear_key = jax.random.split(key)
+    mass = jax.random.uniform(mass_key, sys.link.inertia.mass.shape, minval=0.5, maxval=2.0)
+    gear = jax.random.uniform(gear_key, sys.actuator.gear.shape, minval=0.5, maxval=1.5)
+    return sys.link.inertia.mass * mass, sys.actuator.gear * gear
+
+  mass, gear = draw(rng)
+  fields = {"link.inertia.mass": mass, "actuator.gear": gear}
+  in_axes = jax.tree.map(lambda _: None, sys).tree_replace({name: 0 for name in fields})
+  return sys.tree_replace(fields), in_axes
+
+
 register("cartpole", cartpole)
 register("brax_ant", brax_ant)
+register("brax_reacher", brax_reacher)

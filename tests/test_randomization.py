@@ -85,6 +85,32 @@ def test_brax_ant_randomization_moves_friction_masses_and_gains():
   assert np.all((friction >= 0.6) & (friction <= 1.4)) and len(np.unique(friction[:, 0])) == 4
 
 
+def _randomized_reacher():
+  env = envs.make("brax/reacher", backend="positional", randomization_fn=randomization.brax_reacher)
+  return env, env.randomize(jax.random.PRNGKey(0), 4)
+
+
+def test_brax_reacher_randomization_moves_masses_and_gears():
+  env, params = _randomized_reacher()
+  sys = randomization.system(env.core)
+  assert set(params) == {"link.inertia.mass", "actuator.gear"}
+  mass = np.asarray(params["link.inertia.mass"]) / np.asarray(sys.link.inertia.mass)
+  gear = np.asarray(params["actuator.gear"]) / np.asarray(sys.actuator.gear)
+  assert mass.shape == (4, 3) and gear.shape == (4, 2)
+  assert np.all((mass >= 0.5) & (mass <= 2.0)) and len(np.unique(mass)) == mass.size
+  assert np.all((gear >= 0.5) & (gear <= 1.5)) and len(np.unique(gear)) == gear.size
+
+
+@pytest.mark.slow  # ~50 s: compiling Brax's positional pipeline
+def test_brax_pipelines_read_the_randomized_masses_and_gears():
+  env, params = _randomized_reacher()
+  # Same initial state and action, the envs' own masses and gears: the arm moves differently.
+  with jax.numpy_rank_promotion("allow"):  # Brax's pipelines rely on rank promotion
+    start = jax.vmap(env.reset)(jnp.stack([jax.random.PRNGKey(1)] * 4), params)
+    obs = np.asarray(jax.jit(jax.vmap(env.step))(start, jnp.ones((4, env.action_size))).obs)
+  assert not np.allclose(obs[0], obs[1])
+
+
 def test_a_checkpointed_randomized_state_continues_bit_identically(tmp_path):
   cfg = tiny(**RANDOMIZED)
   env, networks, state = fresh(cfg)
