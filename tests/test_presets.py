@@ -57,11 +57,12 @@ def test_default_is_brax_inverted_pendulum_on_the_cpu_pipeline():
   assert PRESETS["default"].env_backend is None
 
 
-def test_brax_presets_use_mjx_except_inverted_pendulum():
-  """The default task and its TRPO preset keep Brax's own default pipeline (the CPU's fastest)."""
+def test_brax_presets_use_mjx_except_the_cpu_ones():
+  """The default task and its TRPO preset keep Brax's own default pipeline (the CPU's fastest for
+  it); the CPU-budget reacher runs on the positional one."""
   for name in BRAX:
-    expected = None if PRESETS[name].env == "brax/inverted_pendulum" else "mjx"
-    assert PRESETS[name].env_backend == expected, name
+    expected = {"brax/inverted_pendulum": None, "brax/reacher": "positional"}
+    assert PRESETS[name].env_backend == expected.get(PRESETS[name].env, "mjx"), name
 
 
 @pytest.mark.parametrize("name", BRAX)
