@@ -11,9 +11,10 @@ on the nominal env and once on envs randomized from a key that no training run u
 conditions meet the same initial states and the same randomized parameters.
 
 OUT/ gets table.md and table.csv (per condition, mean and 95% Student t interval over seeds of:
-each seed's mean return on the nominal and on the randomized envs, the mean of its worst 10% of
-randomized episodes, the training wall time), returns.json (every episode's return and each
-randomized episode's parameters) and both run directories.
+each seed's mean return on the nominal and on the randomized envs, their difference (paired by
+seed, so the seeds' spread cancels), the mean of its worst 10% of randomized episodes, and the
+training wall time), returns.json (every episode's return and each randomized episode's
+parameters) and both run directories.
 """
 
 from __future__ import annotations
@@ -115,6 +116,9 @@ def main(argv: list[str] | None = None) -> Path:
     rows[condition] = {
       "return on nominal envs": mean_and_interval(returns["nominal"].mean(axis=1)),
       "return on randomized envs": mean_and_interval(returns["randomized"].mean(axis=1)),
+      "randomized minus nominal": mean_and_interval(
+        returns["randomized"].mean(axis=1) - returns["nominal"].mean(axis=1)
+      ),
       "worst 10% on randomized envs": mean_and_interval(worst_mean(returns["randomized"])),
       "training wall s": (wall, float("nan")),
     }
