@@ -53,17 +53,17 @@ def evaluate(cfg: PPOConfig, result, episodes: int, randomization: str) -> dict[
   cfg = dataclasses.replace(cfg, num_eval_envs=episodes, deterministic_eval=True)
   _, networks = make_env_and_networks(cfg)
   policies = PolicySnapshot(result.params.policy, result.normalizer)
-  seeds = len(jax.tree.leaves(result.normalizer)[0])
-  keys = np.stack([jax.random.PRNGKey(EVAL_SEED)] * seeds)
+  keys = np.stack([jax.random.PRNGKey(EVAL_SEED)] * cfg.num_seeds)
   out = {}
   for name, env in (
     ("nominal", make_env(dataclasses.replace(cfg, randomization=None))),
     ("randomized", make_env(dataclasses.replace(cfg, randomization=randomization))),
   ):
-    first, trace = jax.jit(over_seeds(make_evaluator(cfg, env, networks), seeds))(policies, keys)
+    evaluate_all = over_seeds(make_evaluator(cfg, env, networks), cfg.num_seeds)
+    first, trace = jax.jit(evaluate_all)(policies, keys)
     out[name] = np.asarray(first.returns)
-    if name == "randomized":
-      out["params"] = {k: np.asarray(v[0]) for k, v in trace.env_params.items()}  # seed 0 (all alike)
+    if name == "randomized":  # every seed met the same parameters: seed 0's
+      out["params"] = {k: np.asarray(v[0]) for k, v in trace.env_params.items()}
   return out
 
 
