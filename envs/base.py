@@ -163,8 +163,13 @@ class Environment:
       params=params,
     )
 
-  def step(self, state: EnvState, action: jax.Array) -> EnvState:
-    """Applies `action`, then resets the episode if it ended."""
+  def step(self, state: EnvState, action: jax.Array, auto_reset: bool = True) -> EnvState:
+    """Applies `action`, then resets the episode if it ended.
+
+    Args:
+      auto_reset: False leaves an ended episode's core as the step reached it (an evaluation,
+        which keeps only first episodes, then traces and runs no reset inside its loop).
+    """
     source = randomization.with_params(self.core, state.params)
     core, reward, termination = self._repeat(source, state.core, action)
     steps = state.steps + 1
@@ -176,9 +181,10 @@ class Environment:
     metrics = _scalar_metrics(core.metrics)
     done = jnp.maximum(termination, truncation) > 0
 
-    key, reset_key = jax.random.split(state.key)
-    fresh = source.reset(reset_key)
-    core = optax.tree.where(done, fresh, core)
+    key = state.key
+    if auto_reset:
+      key, reset_key = jax.random.split(key)
+      core = optax.tree.where(done, source.reset(reset_key), core)
     return EnvState(
       obs=_check_obs(core.obs, self.name),
       reward=reward,

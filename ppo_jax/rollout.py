@@ -49,9 +49,12 @@ class EpisodeStats(NamedTuple):
     return totals._replace(length_min=jnp.min(stacked.length_min))
 
 
-def env_step(env: Environment, state: EnvState, action: jax.Array) -> EnvState:
+def env_step(
+  env: Environment, state: EnvState, action: jax.Array, auto_reset: bool = True
+) -> EnvState:
   """Steps a batch of envs [B, ...] with env actions, held within the bounds [-1, 1]."""
-  return jax.vmap(env.step)(state, jnp.clip(action, -1.0, 1.0))
+  step = lambda state, action: env.step(state, action, auto_reset)  # noqa: E731
+  return jax.vmap(step)(state, jnp.clip(action, -1.0, 1.0))
 
 
 def _finished(state: EnvState, next_state: EnvState, stats: EpisodeStats) -> EpisodeStats:
@@ -184,10 +187,11 @@ def trace_episodes(
 ) -> tuple[Trace, Any]:
   """Runs one episode in each of `num_episodes` fresh envs and records every step.
 
-  At most `env.max_episode_steps` steps, so every env ends its first episode; steps after an
-  env's first done are still taken (the env auto-resets) but not alive, and the loop stops as
-  soon as no env is alive: the entries of steps never taken are zero and not alive. Two
-  policies given the same key meet the same initial states and the same noise.
+  At most `env.max_episode_steps` steps, so every env ends its first episode. An env whose
+  episode has ended is held at its last live state (no auto-reset: the loop neither traces nor
+  runs a reset); its later steps are taken again from there but are not alive, and the loop
+  stops as soon as no env is alive: the entries of steps never taken are zero and not alive.
+  Two policies given the same key meet the same initial states and the same noise.
 
   Args:
     policy: policy(obs [N, obs], key) -> env action [N, act] (`make_policy`'s; the env clips).
@@ -206,7 +210,7 @@ def trace_episodes(
 
   def step(state, alive, step_key):
     action = policy(state.obs, step_key)
-    next_state = env_step(env, state, action)
+    next_state = env_step(env, state, action, auto_reset=False)
     trace = Trace(
       observations=state.obs,
       actions=jnp.clip(action, -1.0, 1.0),
@@ -216,9 +220,14 @@ def trace_episodes(
       alive=alive,
       saturated=jnp.mean((jnp.abs(action) >= saturation_bound).astype(jnp.float32), axis=-1),
     )
-    # Env 0 before the step: its core is never an auto-reset one while it is alive.
     kept = record(jax.tree.map(lambda x: x[0], state.core)) if record is not None else None
-    return next_state, alive & (next_state.done == 0), (trace, kept)
+    next_alive = alive & (next_state.done == 0)
+    held = jax.tree.map(
+      lambda new, old: jnp.where(next_alive.reshape(-1, *[1] * (new.ndim - 1)), new, old),
+      next_state,
+      state,
+    )
+    return held, next_alive, (trace, kept)
 
   def cond(carry):
     t, _, alive, _ = carry

@@ -267,6 +267,23 @@ def test_auto_reset_draws_fresh_starts():
   assert len({tuple(o) for o in restarted}) == BATCH
 
 
+def test_without_auto_reset_an_ended_episode_is_not_reset():
+  env = envs.make("builtin/cartpole_balance")
+  key = jax.random.key(3)
+  fall = _fall_step(env, key)
+  _, states = _rollout(env, key, jnp.ones(1), fall)
+  before = _at(states, fall - 2) if fall > 1 else env.reset(key)
+
+  kept = jax.jit(lambda s, a: env.step(s, a, auto_reset=False))(before, jnp.ones(1))
+  reset = _at(states, fall - 1)
+  assert kept.termination == 1.0 and reset.termination == 1.0
+  np.testing.assert_array_equal(kept.final_obs, reset.final_obs)
+  np.testing.assert_array_equal(kept.obs, kept.final_obs)  # the fallen pole, not a new start
+  assert not np.allclose(reset.obs, reset.final_obs)
+  np.testing.assert_array_equal(jax.random.key_data(kept.key), jax.random.key_data(before.key))
+  assert kept.reward == reset.reward and kept.steps == reset.steps == 0
+
+
 # ---------------------------------------------------------------------------------------
 # Action repeat
 

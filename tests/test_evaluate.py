@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from tiny import tiny
 
+import envs
 from experiments import evaluate
 from ppo_jax import checkpoint, normalization, train
-from ppo_jax.rollout import Trace, first_episodes, summarize
+from ppo_jax.rollout import Trace, env_step, first_episodes, summarize, trace_episodes
 from ppo_jax.step import make_env_and_networks
 
 TRACE_FIELDS = (
@@ -63,6 +64,34 @@ def test_summarize_hand_computed_trace():
   assert results["mean_return"] == 2.5 and results["std_return"] == 0.5
   assert results["termination_rate"] == 0.5
   assert results["action_saturation"] == pytest.approx(1.5 / 6)  # alive steps only
+
+
+def test_first_episodes_match_auto_resetting_envs():
+  # The evaluation holds an ended env instead of resetting it; each env's first episode must
+  # be what the auto-resetting envs of training give, step by step, with the same keys.
+  env = envs.make("builtin/cartpole_balance", episode_length=60)
+  num_episodes = 16
+
+  def policy(obs, key):  # random pushes: the poles fall at different steps, some never
+    return 2.0 * jax.random.uniform(key, (obs.shape[0], 1)) - 1.0 + 0.3 * obs[:, 1:2]
+
+  key = jax.random.key(5)
+  trace, _ = jax.jit(lambda k: trace_episodes(env, policy, k, num_episodes))(key)
+  episodes = summarize(first_episodes(trace))
+
+  reset_key, policy_key = jax.random.split(key)
+  state = jax.vmap(env.reset)(jax.random.split(reset_key, num_episodes))
+  step = jax.jit(lambda s, k: env_step(env, s, policy(s.obs, k)))
+  returns, lengths = np.zeros(num_episodes), np.zeros(num_episodes, int)
+  alive = np.ones(num_episodes, bool)
+  for step_key in jax.random.split(policy_key, env.max_episode_steps):
+    state = step(state, step_key)
+    returns += np.where(alive, state.reward, 0.0)
+    lengths += alive
+    alive &= np.asarray(state.done) == 0
+  assert len(set(lengths.tolist())) > 2
+  np.testing.assert_array_equal(episodes["lengths"], lengths)
+  np.testing.assert_allclose(episodes["returns"], returns, rtol=1e-6)
 
 
 def test_evaluation_files_agree_and_are_never_overwritten(run_dir, capsys):
