@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from envs import Environment, EnvState
 from ppo_jax import sharding
@@ -222,11 +223,7 @@ def trace_episodes(
     )
     kept = record(jax.tree.map(lambda x: x[0], state.core)) if record is not None else None
     next_alive = alive & (next_state.done == 0)
-    held = jax.tree.map(
-      lambda new, old: jnp.where(next_alive.reshape(-1, *[1] * (new.ndim - 1)), new, old),
-      next_state,
-      state,
-    )
+    held = jax.vmap(optax.tree.where)(next_alive, next_state, state)
     return held, next_alive, (trace, kept)
 
   def cond(carry):
