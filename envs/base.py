@@ -164,7 +164,7 @@ class Environment:
     )
 
   def step(self, state: EnvState, action: jax.Array, auto_reset: bool = True) -> EnvState:
-    """Applies `action`, then resets the episode if it ended.
+    """Applies `action`, then resets the episode if it ended and `auto_reset` is True.
 
     Args:
       auto_reset: False leaves an ended episode's core as the step reached it (an evaluation,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -54,7 +55,7 @@ def env_step(
   env: Environment, state: EnvState, action: jax.Array, auto_reset: bool = True
 ) -> EnvState:
   """Steps a batch of envs [B, ...] with env actions, held within the bounds [-1, 1]."""
-  step = lambda state, action: env.step(state, action, auto_reset)  # noqa: E731
+  step = functools.partial(env.step, auto_reset=auto_reset)
   return jax.vmap(step)(state, jnp.clip(action, -1.0, 1.0))
 
 
