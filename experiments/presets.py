@@ -35,6 +35,7 @@ _PLAYGROUND_DM_CONTROL = {
   "batch_size": 1024,
   "policy_hidden_layer_sizes": (32, 32, 32, 32),
   "value_hidden_layer_sizes": (256, 256, 256, 256, 256),
+  "recompute_advantages": True,  # what Brax's trainer does; see dm_control_cpu
 }
 
 
@@ -45,6 +46,10 @@ def dm_control_cpu(name: str, **overrides) -> PPOConfig:
   65,536 steps per iteration in 64 envs (32 unrolls of 32 steps each, 32 minibatches of 64
   segments, 10 epochs), CleanRL's discount 0.99, no entropy bonus and unscaled rewards, for
   20 iterations (1.31M steps) with an evaluation every 4.
+
+  GAE is computed again on every minibatch of whole segments (`recompute_advantages`), as
+  Brax's trainer does: on CartpoleSwingup, 3 seeds, this took the evaluation return at 524k
+  steps from 260 (once per iteration) to 733, where Brax's own trainer had 329.
   """
   settings = dict(
     num_timesteps=1_300_000,
@@ -62,6 +67,7 @@ def dm_control_cpu(name: str, **overrides) -> PPOConfig:
     entropy_cost=0.0,
     reward_scaling=1.0,
     normalize_observations=True,
+    recompute_advantages=True,
   )
   return PPOConfig(env=f"playground/{name}", **{**settings, **overrides})
 
@@ -107,6 +113,7 @@ def _playground_robot(name: str, **published) -> PPOConfig:
     batch_size=256,
     num_envs=8192,
     num_updates_per_batch=4,
+    recompute_advantages=True,  # what Brax's trainer, which these were tuned with, does
   )
   return PPOConfig(env=f"playground/{name}", **{**shared, **published})
 
@@ -275,6 +282,7 @@ PRESETS: dict[str, PPOConfig] = {
     max_grad_norm=0.5,
     num_envs=64,
     batch_size=64,
+    recompute_advantages=True,
   ),
   # MuJoCo Playground, dm_control_suite_params.brax_ppo_config("CheetahRun").
   "playground_cheetah_run": PPOConfig(env="playground/CheetahRun", **_PLAYGROUND_DM_CONTROL),

@@ -1,6 +1,7 @@
 """Brax's own PPO trainer against ours on the same envs, with the same settings and seeds.
 
-python -m experiments.versus_brax ENV [ENV ...] [--seeds N] [--out DIR] [--field value ...]
+python -m experiments.versus_brax ENV [ENV ...] [--seeds N] [--out DIR] [--brax_from DIR]
+    [--field value ...]
 
 ENV is a MuJoCo Playground DM Control Suite name (`CartpoleBalance`), a Brax env name
 (`inverted_pendulum`), a built-in task (`cartpole_balance`) or a full name
@@ -11,8 +12,10 @@ each seed in turn; ours trains them as one vmapped panel (`num_seeds`).
 
 OUT/<env>/ gets table.md and table.csv (per trainer: the evaluation return at every matched
 evaluation, mean and 95% Student t interval over seeds; the wall time of all seeds, compile
-and evaluations included; env steps per second of that wall time), Brax's curves
-(brax.json) and our run directory (ours/). OUT/table.md and table.csv summarize every env,
+and evaluations included; env steps per second of that wall time), Brax's curves with the
+config and seeds that made them (brax.json) and our run directory (ours/). `--brax_from` takes
+Brax's curves from an earlier comparison's brax.json instead of training Brax again (Brax's
+trainer is the slow side), only where Brax was given the same settings and seeds there. OUT/table.md and table.csv summarize every env,
 and OUT/comparison.png overlays the two trainers' return curves, a panel per env.
 
 Brax's trainer calls `jax.device_put_replicated`, which JAX 0.10 removed; `replicated_put`
@@ -85,10 +88,10 @@ def base_config(env: str) -> PPOConfig:
   return PPOConfig(env=env)
 
 
-def brax_arguments(cfg: PPOConfig) -> dict:
-  """Brax's `ppo.train` keyword arguments for the run `cfg` describes (seed and env apart):
-  every field of a `ppo.train` keyword's name, and the network fields bound into
-  `network_factory`.
+def brax_settings(cfg: PPOConfig) -> dict:
+  """What Brax's trainer is given for the run `cfg` describes (seed apart), as plain values:
+  the env and its episode length, every field of a `ppo.train` keyword's name, and under
+  "network" the fields of `make_ppo_networks` keywords.
 
   Brax's GAE gives every truncated step a zero advantage whatever its bootstrap_on_timeout
   (whose True needs envs that report info["time_out"], which no Brax or Playground env does),
@@ -97,9 +100,7 @@ def brax_arguments(cfg: PPOConfig) -> dict:
   Raises:
     ValueError: `cfg` uses something Brax's trainer does not have.
   """
-  from brax.training.agents.ppo import networks as brax_networks
   from brax.training.agents.ppo import train as brax_train
-  from flax import linen
 
   beyond = {
     "algorithm": cfg.algorithm != "ppo",
@@ -114,14 +115,33 @@ def brax_arguments(cfg: PPOConfig) -> dict:
         "the comparison needs settings both trainers have"
       )
   keywords = inspect.signature(brax_train.train).parameters
-  arguments = {
+  settings = {
     field.name: getattr(cfg, field.name)
     for field in dataclasses.fields(cfg)
     if field.name in keywords and field.name != "seed"
   }
-  arguments["bootstrap_on_timeout"] = False
-  networks = {name: getattr(cfg, name) for name in NETWORK_KEYWORDS}
+  settings["bootstrap_on_timeout"] = False
+  settings["env"], settings["env_backend"] = cfg.env, cfg.env_backend
+  settings["network"] = {name: getattr(cfg, name) for name in NETWORK_KEYWORDS}
+  return json.loads(json.dumps(settings))  # tuples as lists, as brax.json keeps them
+
+
+def brax_arguments(cfg: PPOConfig) -> dict:
+  """Brax's `ppo.train` keyword arguments for `brax_settings(cfg)`, the network keywords bound
+  into `network_factory`.
+
+  Raises:
+    ValueError: `cfg` uses something Brax's trainer does not have.
+  """
+  from brax.training.agents.ppo import networks as brax_networks
+  from flax import linen
+
+  arguments = brax_settings(cfg)
+  del arguments["env"], arguments["env_backend"]
+  networks = arguments.pop("network")
   networks["activation"] = getattr(linen, cfg.activation)
+  for name in ("policy_hidden_layer_sizes", "value_hidden_layer_sizes"):
+    networks[name] = tuple(networks[name])
   arguments["network_factory"] = functools.partial(brax_networks.make_ppo_networks, **networks)
   return arguments
 
@@ -209,6 +229,34 @@ def train_brax(cfg: PPOConfig, seeds: list[int]) -> Curves:
   return Curves(steps=steps, returns=np.array(returns), wall_seconds=wall)
 
 
+def brax_record(cfg: PPOConfig, seeds: list[int], curves: Curves) -> str:
+  """brax.json: Brax's curves, with what Brax was given and the seeds."""
+  record = {k: np.asarray(v).tolist() for k, v in vars(curves).items()}
+  return json.dumps({**record, "brax_settings": brax_settings(cfg), "seeds": seeds})
+
+
+def load_brax(cfg: PPOConfig, seeds: list[int], path: Path) -> Curves:
+  """Brax's curves from an earlier comparison's brax.json.
+
+  Raises:
+    ValueError: there is no such file, or Brax was given other settings or seeds there.
+  """
+  if not path.is_file():
+    raise ValueError(f"--brax_from: no {path}")
+  record = json.loads(path.read_text())
+  made, wanted = record.get("brax_settings", {}), brax_settings(cfg)
+  differ = sorted(k for k in wanted.keys() | made.keys() if made.get(k) != wanted.get(k))
+  if differ or record.get("seeds") != seeds:
+    what = ", ".join(f"{k} ({made.get(k)!r}, here {wanted.get(k)!r})" for k in differ)
+    what = what or f"seeds ({record.get('seeds')}, here {seeds})"
+    raise ValueError(f"--brax_from: Brax's curves in {path} come from other settings: {what}")
+  return Curves(
+    steps=np.array(record["steps"], np.int64),
+    returns=np.array(record["returns"]),
+    wall_seconds=float(record["wall_seconds"]),
+  )
+
+
 def train_ours(cfg: PPOConfig, seeds: list[int], run_dir: Path) -> Curves:
   """Our `train` on `cfg.env`, the seeds as one panel."""
   panel = dataclasses.replace(cfg, seed=seeds[0], num_seeds=len(seeds))
@@ -269,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument("envs", nargs="+", metavar="ENV", help="env names (see the module doc)")
   parser.add_argument("--seeds", type=int, default=3, help="seeds per trainer (seed, seed + 1 ...)")
   parser.add_argument("--out", type=Path, default=None, help="output folder (must not exist)")
+  parser.add_argument(
+    "--brax_from",
+    type=Path,
+    default=None,
+    help="an earlier comparison's output folder: Brax's curves are read from its brax.json "
+    "files (made with the same settings and seeds) instead of training Brax again",
+  )
   # The envs are the positional ENVs, the panel's size is --seeds.
   add_config_options(parser, "the env's settings if omitted", exclude=("env", "num_seeds"))
   return parser
@@ -278,14 +333,19 @@ def main(argv: list[str] | None = None) -> Path:
   parser = build_parser()
   args = parse_args(parser, argv)
   names, seeds, out = args.pop("envs"), args.pop("seeds"), args.pop("out")
+  brax_from = args.pop("brax_from")
   if seeds < 1:
     parser.error(f"--seeds ({seeds}) must be >= 1")
-  configs = {}
-  try:  # every config is checked before anything trains
+  configs, reused = {}, {}
+  try:  # every config (and every reused Brax curve) is checked before anything trains
     for name in names:
       cfg = dataclasses.replace(base_config(resolve_env(name)), **args)
       brax_arguments(cfg)
       configs[cfg.env] = cfg
+      if brax_from is not None:
+        seed_list = [cfg.seed + i for i in range(seeds)]
+        path = brax_from / cfg.env.replace("/", "_") / "brax.json"
+        reused[cfg.env] = load_brax(cfg, seed_list, path)
   except (ValueError, TypeError) as error:
     parser.error(str(error))
   out = out or logger.new_directory(Path("runs"), "versus_brax-")
@@ -298,11 +358,11 @@ def main(argv: list[str] | None = None) -> Path:
     folder = out / env.replace("/", "_")
     folder.mkdir()
     seed_list = [cfg.seed + i for i in range(seeds)]
-    print(f"{env}: {seeds} seeds x {cfg.total_env_steps:,d} steps, Brax then ours", flush=True)
-    by_trainer = {"brax": train_brax(cfg, seed_list)}
-    (folder / "brax.json").write_text(
-      json.dumps({k: np.asarray(v).tolist() for k, v in vars(by_trainer["brax"]).items()})
-    )
+    brax_source = "Brax's curves from --brax_from" if env in reused else "Brax"
+    steps = f"{seeds} seeds x {cfg.total_env_steps:,d} steps"
+    print(f"{env}: {steps}, {brax_source} then ours", flush=True)
+    by_trainer = {"brax": reused[env] if env in reused else train_brax(cfg, seed_list)}
+    (folder / "brax.json").write_text(brax_record(cfg, seed_list, by_trainer["brax"]))
     by_trainer["ours"] = train_ours(cfg, seed_list, folder / "ours")
     rows = curve_rows(by_trainer)
     write_tables(rows, folder, label="trainer")

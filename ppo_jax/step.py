@@ -4,6 +4,7 @@ One iteration, `train_step`, reads top to bottom:
 
   collect     rollout.collect: unrolls of the vmapped env step and policy sampling
   advantages  observation statistics take in the rollout; values and GAE, once per rollout
+              (or on every minibatch too, with `recompute_advantages`)
   update      [TRPO's policy step, then] epochs x minibatch updates (`ppo_jax.update`)
   finite      a NaN or Inf anywhere skips the whole update: the learner stays as it was
   monitor     the failure labels and the largest-KL snapshots (`ppo_jax.monitor`)
@@ -30,7 +31,7 @@ from ppo_jax.gae import compute_gae
 from ppo_jax.networks import ActorCritic, make_actor_critic, make_policy
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.rollout import EpisodeStats
-from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params, Transition
+from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params, Segments, Transition
 
 
 @struct.dataclass
@@ -133,6 +134,30 @@ def make_batch(
   return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
 
 
+def segments(transitions: Transition, batch: Batch) -> Segments:
+  """A rollout [T, S, ...] as whole segments [S, T, ...], with `batch`'s rollout values."""
+  swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+  values = batch.value.reshape(transitions.reward.shape)
+  return Segments(transitions=jax.tree.map(swap, transitions), value=swap(values))
+
+
+def with_fresh_advantages(
+  cfg: PPOConfig, networks: ActorCritic, loss_fn: update.LossFn
+) -> update.LossFn:
+  """`loss_fn` on a minibatch of whole segments [B, T, ...] whose GAE is computed first, with
+  the value network being trained (held constant in the gradient), as Brax's ppo.train does.
+  Value clipping keeps the rollout's values as its reference."""
+
+  def loss(params, normalizer, minibatch: Segments, key):
+    transitions = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), minibatch.transitions)
+    value_params = jax.lax.stop_gradient(params.value)
+    batch = make_batch(cfg, networks, value_params, normalizer, transitions)
+    batch = batch._replace(value=jnp.swapaxes(minibatch.value, 0, 1).reshape(-1))
+    return loss_fn(params, normalizer, batch, key)
+
+  return loss
+
+
 def measure_update(
   networks: ActorCritic,
   clipping_epsilon: float,
@@ -185,10 +210,11 @@ def learn(
   state: TrainState,
   normalizer: RunningStatistics,
   batch: Batch,
+  minibatch_data: Batch | Segments,
   key: jax.Array,
 ) -> tuple[update.Learner, update.UpdateMetrics, Metrics]:
-  """The update of an iteration: [TRPO's policy step, then] the minibatch epochs [, then the
-  trust-region backstop on the policy].
+  """The update of an iteration: [TRPO's policy step, then] the minibatch epochs over
+  `minibatch_data` [, then the trust-region backstop on the policy].
 
   Returns:
     (the learner after it, the minibatch metrics [epochs, minibatches], TRPO's and the
@@ -200,7 +226,9 @@ def learn(
   learning_rate = update.scheduled_learning_rate(cfg, state.iteration, state.learning_rate)
   learner = update.Learner(params, state.opt_state, learning_rate)
   optimizer = update.make_optimizer(cfg)
-  learner, updates = update.epochs(cfg, loss_fn, optimizer, learner, normalizer, batch, key)
+  learner, updates = update.epochs(
+    cfg, loss_fn, optimizer, learner, normalizer, minibatch_data, key
+  )
   if cfg.max_update_kl is not None:
     policy, backstop_metrics = update.backstop(
       cfg, networks, state.params.policy, learner.params.policy, normalizer, batch
@@ -240,10 +268,11 @@ def train_step(
   if cfg.normalize_observations:
     normalizer = normalization.update(normalizer, transitions.obs)
   batch = make_batch(cfg, networks, state.params.value, normalizer, transitions)
+  minibatch_data = segments(transitions, batch) if cfg.recompute_advantages else batch
 
   # Update.
   learner, updates, step_metrics = learn(
-    cfg, networks, loss_fn, policy_step, state, normalizer, batch, sgd_key
+    cfg, networks, loss_fn, policy_step, state, normalizer, batch, minibatch_data, sgd_key
   )
   measured = measure_update(
     networks, cfg.clipping_epsilon, learner.params.policy, normalizer, batch
@@ -295,7 +324,7 @@ def train_step(
 def make_loss(cfg: PPOConfig, networks: ActorCritic) -> update.LossFn:
   """The minibatch loss of `cfg.algorithm`: PPO's objective, or TRPO's value fit."""
   objective = trpo.value_fit_loss if cfg.algorithm == "trpo" else losses.ppo_loss
-  return functools.partial(
+  loss_fn = functools.partial(
     objective,
     networks=networks,
     clipping_epsilon=cfg.clipping_epsilon,
@@ -304,6 +333,7 @@ def make_loss(cfg: PPOConfig, networks: ActorCritic) -> update.LossFn:
     normalize_advantage=cfg.normalize_advantage,
     vf_loss_coefficient=cfg.vf_loss_coefficient,
   )
+  return with_fresh_advantages(cfg, networks, loss_fn) if cfg.recompute_advantages else loss_fn
 
 
 def make_policy_step(cfg: PPOConfig, networks: ActorCritic) -> Callable | None:

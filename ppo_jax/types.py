@@ -56,6 +56,18 @@ class Batch(NamedTuple):
   target: jax.Array
 
 
+class Segments(NamedTuple):
+  """Whole rollout segments, segment-major [S, T, ...], for GAE on each minibatch.
+
+  Attributes:
+    transitions: [S, T, ...] every segment's steps in order.
+    value: [S, T] values of the rollout's value network (value clipping's reference).
+  """
+
+  transitions: Transition
+  value: jax.Array
+
+
 @struct.dataclass
 class ActorCriticParams:
   policy: Params

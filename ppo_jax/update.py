@@ -19,14 +19,15 @@ from ppo_jax import diagnostics, sharding, trpo
 from ppo_jax.config import PPOConfig
 from ppo_jax.losses import LossMetrics
 from ppo_jax.normalization import RunningStatistics
-from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params
+from ppo_jax.types import ActorCriticParams, Batch, Metrics, Params, Segments
 
 if TYPE_CHECKING:
   from ppo_jax.networks import ActorCritic
 
 # loss_fn(params, normalizer, minibatch, key) -> (loss, metrics without gradient).
 LossFn = Callable[
-  [ActorCriticParams, RunningStatistics, Batch, jax.Array], tuple[jax.Array, LossMetrics]
+  [ActorCriticParams, RunningStatistics, Batch | Segments, jax.Array],
+  tuple[jax.Array, LossMetrics],
 ]
 
 
@@ -84,10 +85,10 @@ def minibatch_update(
   normalizer: RunningStatistics,
   learner: Learner,
   stopped: jax.Array,
-  minibatch: Batch,
+  minibatch: Batch | Segments,
   key: jax.Array,
 ) -> tuple[Learner, jax.Array, UpdateMetrics]:
-  """One gradient step on a minibatch [minibatch_size, ...], unless the early stop is on.
+  """One gradient step on a minibatch (samples or segments), unless the early stop is on.
 
   `key` is the loss's (the entropy estimate of a tanh-squashed policy).
 
@@ -141,19 +142,20 @@ def epochs(
   optimizer: optax.GradientTransformation,
   learner: Learner,
   normalizer: RunningStatistics,
-  batch: Batch,
+  batch: Batch | Segments,
   key: jax.Array,
 ) -> tuple[Learner, UpdateMetrics]:
-  """`num_updates_per_batch` epochs over `batch` [N, ...], each in a fresh random order.
+  """`num_updates_per_batch` epochs over `batch`, each in a fresh random order: of the
+  samples of a `Batch` [N, ...], or of the whole segments of `Segments` [S, T, ...].
 
   Returns:
     (the learner after them, the metrics of every minibatch update [epochs, minibatches]).
   """
 
   def epoch(carry, epoch_key):
-    order = jax.random.permutation(epoch_key, cfg.num_segments * cfg.unroll_length)
+    order = jax.random.permutation(epoch_key, len(batch.value))
     minibatches = jax.tree.map(
-      lambda x: x[order].reshape(cfg.num_minibatches, cfg.minibatch_size, *x.shape[1:]), batch
+      lambda x: x[order].reshape(cfg.num_minibatches, -1, *x.shape[1:]), batch
     )
     minibatches = sharding.split_envs(minibatches, axis=1)  # each device takes its samples
 

@@ -115,3 +115,23 @@ def test_both_trainers_on_a_tiny_budget(tmp_path):
   assert [r["env"] for r in summary] == ["builtin/cartpole_balance"]
   assert (out / "comparison.png").stat().st_size > 10_000
   assert (out / "builtin_cartpole_balance" / "ours" / "metrics.jsonl").exists()
+
+
+def test_brax_curves_are_reused_only_with_the_same_settings_and_seeds(tmp_path):
+  cfg = tiny()
+  curves = Curves(np.array([0, 10]), np.array([[1.0, 2.0], [3.0, 5.0]]), 8.0)
+  path = tmp_path / "brax.json"
+  path.write_text(versus_brax.brax_record(cfg, [0, 1], curves))
+  loaded = versus_brax.load_brax(cfg, [0, 1], path)
+  np.testing.assert_array_equal(loaded.steps, curves.steps)
+  np.testing.assert_array_equal(loaded.returns, curves.returns)
+  assert loaded.wall_seconds == 8.0
+  # A setting Brax is not given does not matter to its curves.
+  versus_brax.load_brax(dataclasses.replace(cfg, recompute_advantages=True), [0, 1], path)
+  other = dataclasses.replace(cfg, learning_rate=1e-3)
+  with pytest.raises(ValueError, match=r"learning_rate \(0.0003, here 0.001\)"):
+    versus_brax.load_brax(other, [0, 1], path)
+  with pytest.raises(ValueError, match=r"seeds \(\[0, 1\], here \[0, 2\]\)"):
+    versus_brax.load_brax(cfg, [0, 2], path)
+  with pytest.raises(ValueError, match="--brax_from: no"):
+    versus_brax.load_brax(cfg, [0, 1], tmp_path / "missing.json")
