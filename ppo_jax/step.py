@@ -111,6 +111,13 @@ def make_batch(
   """Values and GAE of a rollout [T, N, ...], flattened to samples [T * N, ...]."""
   values = networks.value(value_params, normalizer, transitions.obs)
   next_values = networks.value(value_params, normalizer, transitions.next_obs)
+  return gae_batch(cfg, transitions, values, next_values)
+
+
+def gae_batch(
+  cfg: PPOConfig, transitions: Transition, values: jax.Array, next_values: jax.Array
+) -> Batch:
+  """GAE of a rollout [T, N, ...] from its values [T, N], as samples [T * N, ...]."""
   advantages, targets = compute_gae(
     transitions.reward * cfg.reward_scaling,
     values,
@@ -134,11 +141,12 @@ def make_batch(
   return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
 
 
-def segments(transitions: Transition, batch: Batch) -> Segments:
-  """A rollout [T, S, ...] as whole segments [S, T, ...], with `batch`'s rollout values."""
+def segments(transitions: Transition, values: jax.Array, next_values: jax.Array) -> Segments:
+  """A rollout [T, S, ...] and its rollout values [T, S] as whole segments [S, T, ...]."""
   swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-  values = batch.value.reshape(transitions.reward.shape)
-  return Segments(transitions=jax.tree.map(swap, transitions), value=swap(values))
+  return Segments(
+    transitions=jax.tree.map(swap, transitions), value=swap(values), next_value=swap(next_values)
+  )
 
 
 def with_fresh_advantages(
@@ -146,13 +154,27 @@ def with_fresh_advantages(
 ) -> update.LossFn:
   """`loss_fn` on a minibatch of whole segments [B, T, ...] whose GAE is computed first, with
   the value network being trained (held constant in the gradient), as Brax's ppo.train does.
-  Value clipping keeps the rollout's values as its reference."""
+
+  Inside a segment the next observation is the next step's until an episode ends, so the
+  network is evaluated on the segment's observations and on its last next observation only.
+  Where an episode ended, the final observation's value is the rollout's (it counts only at
+  a truncation, with `bootstrap_on_timeout`). Value clipping keeps the rollout's values as
+  its reference.
+  """
 
   def loss(params, normalizer, minibatch: Segments, key):
-    transitions = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), minibatch.transitions)
+    swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
+    transitions = jax.tree.map(swap, minibatch.transitions)  # [T, B, ...]
     value_params = jax.lax.stop_gradient(params.value)
-    batch = make_batch(cfg, networks, value_params, normalizer, transitions)
-    batch = batch._replace(value=jnp.swapaxes(minibatch.value, 0, 1).reshape(-1))
+    values = networks.value(value_params, normalizer, transitions.obs)
+    last = jax.tree.map(lambda x: x[-1], transitions.next_obs)
+    next_values = jnp.concatenate(
+      [values[1:], networks.value(value_params, normalizer, last)[None]]
+    )
+    ended = jnp.maximum(transitions.termination, transitions.truncation) > 0
+    next_values = jnp.where(ended, swap(minibatch.next_value), next_values)
+    batch = gae_batch(cfg, transitions, values, next_values)
+    batch = batch._replace(value=swap(minibatch.value).reshape(-1))
     return loss_fn(params, normalizer, batch, key)
 
   return loss
@@ -267,8 +289,12 @@ def train_step(
   normalizer = state.normalizer
   if cfg.normalize_observations:
     normalizer = normalization.update(normalizer, transitions.obs)
-  batch = make_batch(cfg, networks, state.params.value, normalizer, transitions)
-  minibatch_data = segments(transitions, batch) if cfg.recompute_advantages else batch
+  values = networks.value(state.params.value, normalizer, transitions.obs)
+  next_values = networks.value(state.params.value, normalizer, transitions.next_obs)
+  batch = gae_batch(cfg, transitions, values, next_values)
+  minibatch_data = batch
+  if cfg.recompute_advantages:
+    minibatch_data = segments(transitions, values, next_values)
 
   # Update.
   learner, updates, step_metrics = learn(

@@ -62,10 +62,12 @@ class Segments(NamedTuple):
   Attributes:
     transitions: [S, T, ...] every segment's steps in order.
     value: [S, T] values of the rollout's value network (value clipping's reference).
+    next_value: [S, T] its values of the true next observations.
   """
 
   transitions: Transition
   value: jax.Array
+  next_value: jax.Array
 
 
 @struct.dataclass

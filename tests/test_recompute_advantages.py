@@ -8,6 +8,7 @@ import functools
 
 import jax
 import numpy as np
+import pytest
 from test_gae import gae_reference
 from tiny import fresh, run_steps, tiny
 
@@ -16,9 +17,15 @@ from ppo_jax.step import make_batch, make_loss, segments
 
 
 @functools.cache
-def setup():
-  """Both configs' networks, the initial params, the normalizer, one rollout and its batch."""
-  cfg = tiny(recompute_advantages=True, reward_scaling=3.0, bootstrap_on_timeout=False)
+def setup(bootstrap_on_timeout=False):
+  """The config, its networks, the initial params, the normalizer, one rollout, its values of
+  the observations and of the next observations [T, S], and its batch."""
+  cfg = tiny(
+    recompute_advantages=True,
+    reward_scaling=3.0,
+    bootstrap_on_timeout=bootstrap_on_timeout,
+    episode_length=16,  # truncations inside segments, besides terminations
+  )
   env, networks, state = fresh(cfg)
   _, transitions, _ = rollout.collect(
     env,
@@ -31,8 +38,13 @@ def setup():
     cfg.unroll_length,
   )
   normalizer = normalization.update(state.normalizer, transitions.obs)
+  values, next_values = (
+    networks.value(state.params.value, normalizer, obs)
+    for obs in (transitions.obs, transitions.next_obs)
+  )
   batch = make_batch(cfg, networks, state.params.value, normalizer, transitions)
-  return cfg, networks, state.params, normalizer, transitions, batch
+  minibatch = segments(transitions, values, next_values)
+  return cfg, networks, state.params, normalizer, transitions, next_values, batch, minibatch
 
 
 def loss_and_grad(cfg, networks, params, normalizer, data):
@@ -43,12 +55,12 @@ def loss_and_grad(cfg, networks, params, normalizer, data):
   return metrics, grads
 
 
-def test_at_the_rollout_params_the_fresh_loss_is_the_iterations():
-  cfg, networks, params, normalizer, transitions, batch = setup()
-  assert transitions.termination.sum() > 0  # episodes end inside segments
-  fresh_metrics, fresh_grads = loss_and_grad(
-    cfg, networks, params, normalizer, segments(transitions, batch)
-  )
+@pytest.mark.parametrize("bootstrap_on_timeout", [False, True])
+def test_at_the_rollout_params_the_fresh_loss_is_the_iterations(bootstrap_on_timeout):
+  cfg, networks, params, normalizer, transitions, _, batch, minibatch = setup(bootstrap_on_timeout)
+  # Episodes end inside segments, both ways.
+  assert transitions.termination.sum() > 0 and transitions.truncation.sum() > 0
+  fresh_metrics, fresh_grads = loss_and_grad(cfg, networks, params, normalizer, minibatch)
   once = dataclasses.replace(cfg, recompute_advantages=False)
   metrics, grads = loss_and_grad(once, networks, params, normalizer, batch)
   for name in ("total_loss", "policy_loss", "value_loss", "explained_variance"):
@@ -61,15 +73,21 @@ def test_at_the_rollout_params_the_fresh_loss_is_the_iterations():
   )
 
 
-def test_the_fresh_advantages_follow_the_value_network():
-  cfg, networks, params, normalizer, transitions, batch = setup()
+@pytest.mark.parametrize("bootstrap_on_timeout", [False, True])
+def test_the_fresh_advantages_follow_the_value_network(bootstrap_on_timeout):
+  cfg, networks, params, normalizer, transitions, rollout_next, batch, minibatch = setup(
+    bootstrap_on_timeout
+  )
   moved = params.replace(value=jax.tree.map(lambda x: 1.5 * x + 0.01, params.value))
-  metrics, _ = loss_and_grad(cfg, networks, moved, normalizer, segments(transitions, batch))
+  metrics, _ = loss_and_grad(cfg, networks, moved, normalizer, minibatch)
 
   values, next_values = (
     np.asarray(networks.value(moved.value, normalizer, obs))
     for obs in (transitions.obs, transitions.next_obs)
   )
+  # Where an episode ended, the final observation's value is the rollout network's.
+  ended = np.maximum(transitions.termination, transitions.truncation) > 0
+  next_values = np.where(ended, rollout_next, next_values)
   advantages, _ = gae_reference(
     transitions.reward * cfg.reward_scaling,
     values,
