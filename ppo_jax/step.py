@@ -25,9 +25,9 @@ from flax import struct
 
 import envs
 from ppo_jax import diagnostics, losses, monitor, normalization, rollout, trpo, update
+from ppo_jax.batch import make_update_data, with_fresh_advantages
 from ppo_jax.config import PPOConfig
 from ppo_jax.distribution import DiagonalGaussian
-from ppo_jax.gae import compute_gae
 from ppo_jax.networks import ActorCritic, make_actor_critic, make_policy
 from ppo_jax.normalization import RunningStatistics
 from ppo_jax.rollout import EpisodeStats
@@ -99,85 +99,6 @@ def init_state(
   )
   # One buffer per leaf (reset returns obs and final_obs as one), so the state can be donated.
   return jax.tree.map(jnp.copy, state)
-
-
-def make_batch(
-  cfg: PPOConfig,
-  networks: ActorCritic,
-  value_params: Params,
-  normalizer: RunningStatistics,
-  transitions: Transition,
-) -> Batch:
-  """Values and GAE of a rollout [T, N, ...], flattened to samples [T * N, ...]."""
-  values = networks.value(value_params, normalizer, transitions.obs)
-  next_values = networks.value(value_params, normalizer, transitions.next_obs)
-  return gae_batch(cfg, transitions, values, next_values)
-
-
-def gae_batch(
-  cfg: PPOConfig, transitions: Transition, values: jax.Array, next_values: jax.Array
-) -> Batch:
-  """GAE of a rollout [T, N, ...] from its values [T, N], as samples [T * N, ...]."""
-  advantages, targets = compute_gae(
-    transitions.reward * cfg.reward_scaling,
-    values,
-    next_values,
-    transitions.termination,
-    transitions.truncation,
-    cfg.discounting,
-    cfg.gae_lambda,
-    cfg.bootstrap_on_timeout,
-  )
-  batch = Batch(
-    obs=transitions.obs,
-    action=transitions.action,
-    log_prob=transitions.log_prob,
-    mean=transitions.mean,
-    std=transitions.std,
-    value=values,
-    advantage=advantages,
-    target=targets,
-  )
-  return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
-
-
-def segments(transitions: Transition, values: jax.Array, next_values: jax.Array) -> Segments:
-  """A rollout [T, S, ...] and its rollout values [T, S] as whole segments [S, T, ...]."""
-  swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-  return Segments(
-    transitions=jax.tree.map(swap, transitions), value=swap(values), next_value=swap(next_values)
-  )
-
-
-def with_fresh_advantages(
-  cfg: PPOConfig, networks: ActorCritic, loss_fn: update.LossFn
-) -> update.LossFn:
-  """`loss_fn` on a minibatch of whole segments [B, T, ...] whose GAE is computed first, with
-  the value network being trained (held constant in the gradient), as Brax's ppo.train does.
-
-  Inside a segment the next observation is the next step's until an episode ends, so the
-  network is evaluated on the segment's observations and on its last next observation only.
-  Where an episode ended, the final observation's value is the rollout's (it counts only at
-  a truncation, with `bootstrap_on_timeout`). Value clipping keeps the rollout's values as
-  its reference.
-  """
-
-  def loss(params, normalizer, minibatch: Segments, key):
-    swap = lambda x: jnp.swapaxes(x, 0, 1)  # noqa: E731
-    transitions = jax.tree.map(swap, minibatch.transitions)  # [T, B, ...]
-    value_params = jax.lax.stop_gradient(params.value)
-    values = networks.value(value_params, normalizer, transitions.obs)
-    last = jax.tree.map(lambda x: x[-1], transitions.next_obs)
-    next_values = jnp.concatenate(
-      [values[1:], networks.value(value_params, normalizer, last)[None]]
-    )
-    ended = jnp.maximum(transitions.termination, transitions.truncation) > 0
-    next_values = jnp.where(ended, swap(minibatch.next_value), next_values)
-    batch = gae_batch(cfg, transitions, values, next_values)
-    batch = batch._replace(value=swap(minibatch.value).reshape(-1))
-    return loss_fn(params, normalizer, batch, key)
-
-  return loss
 
 
 def measure_update(
@@ -289,16 +210,11 @@ def train_step(
   normalizer = state.normalizer
   if cfg.normalize_observations:
     normalizer = normalization.update(normalizer, transitions.obs)
-  values = networks.value(state.params.value, normalizer, transitions.obs)
-  next_values = networks.value(state.params.value, normalizer, transitions.next_obs)
-  batch = gae_batch(cfg, transitions, values, next_values)
-  minibatch_data = batch
-  if cfg.recompute_advantages:
-    minibatch_data = segments(transitions, values, next_values)
+  batch, data = make_update_data(cfg, networks, state.params.value, normalizer, transitions)
 
   # Update.
   learner, updates, step_metrics = learn(
-    cfg, networks, loss_fn, policy_step, state, normalizer, batch, minibatch_data, sgd_key
+    cfg, networks, loss_fn, policy_step, state, normalizer, batch, data, sgd_key
   )
   measured = measure_update(
     networks, cfg.clipping_epsilon, learner.params.policy, normalizer, batch

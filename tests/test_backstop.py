@@ -12,7 +12,7 @@ import pytest
 from tiny import fresh, run_steps, tiny
 
 from ppo_jax import diagnostics, normalization, rollout, update
-from ppo_jax.step import make_batch
+from ppo_jax.batch import make_batch
 
 
 @functools.cache

@@ -17,8 +17,8 @@ from tiny import fresh, run_steps, tiny
 import envs
 from experiments import evaluate
 from ppo_jax import checkpoint, load_policy, normalization, rollout, train
+from ppo_jax.batch import make_batch
 from ppo_jax.networks import make_actor_critic, make_policy
-from ppo_jax.step import make_batch
 
 ASYMMETRIC = dict(env="builtin/cartpole_privileged", value_obs_key="privileged_state")
 SIZES = {"state": 3, "privileged_state": 5}

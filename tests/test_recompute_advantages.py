@@ -13,7 +13,8 @@ from test_gae import gae_reference
 from tiny import fresh, run_steps, tiny
 
 from ppo_jax import normalization, rollout
-from ppo_jax.step import make_batch, make_loss, segments
+from ppo_jax.batch import make_batch, segments
+from ppo_jax.step import make_loss
 
 
 @functools.cache
