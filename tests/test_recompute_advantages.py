@@ -8,7 +8,6 @@ import functools
 
 import jax
 import numpy as np
-import pytest
 from test_gae import gae_reference
 from tiny import fresh, run_steps, tiny
 
@@ -18,13 +17,13 @@ from ppo_jax.step import make_loss
 
 
 @functools.cache
-def setup(bootstrap_on_timeout=False):
+def setup():
   """The config, its networks, the initial params, the normalizer, one rollout, its values of
   the observations and of the next observations [T, S], and its batch."""
   cfg = tiny(
     recompute_advantages=True,
     reward_scaling=3.0,
-    bootstrap_on_timeout=bootstrap_on_timeout,
+    bootstrap_on_timeout=True,  # a truncation bootstraps from the rollout's final value
     episode_length=16,  # truncations inside segments, besides terminations
   )
   env, networks, state = fresh(cfg)
@@ -56,9 +55,8 @@ def loss_and_grad(cfg, networks, params, normalizer, data):
   return metrics, grads
 
 
-@pytest.mark.parametrize("bootstrap_on_timeout", [False, True])
-def test_at_the_rollout_params_the_fresh_loss_is_the_iterations(bootstrap_on_timeout):
-  cfg, networks, params, normalizer, transitions, _, batch, minibatch = setup(bootstrap_on_timeout)
+def test_at_the_rollout_params_the_fresh_loss_is_the_iterations():
+  cfg, networks, params, normalizer, transitions, _, batch, minibatch = setup()
   # Episodes end inside segments, both ways.
   assert transitions.termination.sum() > 0 and transitions.truncation.sum() > 0
   fresh_metrics, fresh_grads = loss_and_grad(cfg, networks, params, normalizer, minibatch)
@@ -74,11 +72,8 @@ def test_at_the_rollout_params_the_fresh_loss_is_the_iterations(bootstrap_on_tim
   )
 
 
-@pytest.mark.parametrize("bootstrap_on_timeout", [False, True])
-def test_the_fresh_advantages_follow_the_value_network(bootstrap_on_timeout):
-  cfg, networks, params, normalizer, transitions, rollout_next, batch, minibatch = setup(
-    bootstrap_on_timeout
-  )
+def test_the_fresh_advantages_follow_the_value_network():
+  cfg, networks, params, normalizer, transitions, rollout_next, batch, minibatch = setup()
   moved = params.replace(value=jax.tree.map(lambda x: 1.5 * x + 0.01, params.value))
   metrics, _ = loss_and_grad(cfg, networks, moved, normalizer, minibatch)
 
