@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 train: setup  ## Train the default experiment (brax inverted_pendulum) on the CPU.
 	$(PY) -m experiments.train
 
-test: setup  ## Lint, then the test suite (long runs marked slow are left out).
+test: setup  ## Lint, then the test suite (long runs marked slow are left out), in 2 workers.
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 test-slow: setup  ## Only the long runs.
 	$(PY) -m pytest -m slow

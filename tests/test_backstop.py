@@ -9,9 +9,9 @@ import functools
 import jax
 import numpy as np
 import pytest
-from tiny import fresh, run_steps, tiny
+from tiny import first_rollout, run_steps, tiny
 
-from ppo_jax import diagnostics, normalization, rollout, update
+from ppo_jax import diagnostics, update
 from ppo_jax.batch import make_batch
 
 
@@ -19,18 +19,7 @@ from ppo_jax.batch import make_batch
 def setup():
   """A tiny config, its networks, initial policy, normalizer and one rollout's batch."""
   cfg = tiny(max_update_kl=0.01, max_update_kl_backtracks=4)
-  env, networks, state = fresh(cfg)
-  _, transitions, _ = rollout.collect(
-    env,
-    networks,
-    state.params.policy,
-    state.normalizer,
-    state.env_state,
-    jax.random.PRNGKey(1),
-    cfg.unrolls_per_iteration,
-    cfg.unroll_length,
-  )
-  normalizer = normalization.update(state.normalizer, transitions.obs)
+  networks, state, transitions, normalizer = first_rollout(cfg)
   batch = make_batch(cfg, networks, state.params.value, normalizer, transitions)
   return cfg, networks, state.params.policy, normalizer, batch
 

@@ -9,9 +9,8 @@ import functools
 import jax
 import numpy as np
 from test_gae import gae_reference
-from tiny import fresh, run_steps, tiny
+from tiny import first_rollout, run_steps, tiny
 
-from ppo_jax import normalization, rollout
 from ppo_jax.batch import make_batch, segments
 from ppo_jax.step import make_loss
 
@@ -26,18 +25,7 @@ def setup():
     bootstrap_on_timeout=True,  # a truncation bootstraps from the rollout's final value
     episode_length=16,  # truncations inside segments, besides terminations
   )
-  env, networks, state = fresh(cfg)
-  _, transitions, _ = rollout.collect(
-    env,
-    networks,
-    state.params.policy,
-    state.normalizer,
-    state.env_state,
-    jax.random.PRNGKey(1),
-    cfg.unrolls_per_iteration,
-    cfg.unroll_length,
-  )
-  normalizer = normalization.update(state.normalizer, transitions.obs)
+  networks, state, transitions, normalizer = first_rollout(cfg)
   values, next_values = (
     networks.value(state.params.value, normalizer, obs)
     for obs in (transitions.obs, transitions.next_obs)

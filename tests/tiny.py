@@ -8,7 +8,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ppo_jax import PPOConfig
+from ppo_jax import PPOConfig, normalization, rollout
 from ppo_jax.step import init_state, make_env_and_networks, make_train_step
 
 
@@ -36,6 +36,23 @@ def fresh(cfg: PPOConfig, env=None):
   default_env, networks = make_env_and_networks(cfg)
   env = env or default_env
   return env, networks, init_state(cfg, env, networks)
+
+
+def first_rollout(cfg: PPOConfig):
+  """One iteration's rollout from a fresh state: (networks, the initial train state, its
+  transitions, the normalizer updated with their observations, as the train step does)."""
+  env, networks, state = fresh(cfg)
+  _, transitions, _ = rollout.collect(
+    env,
+    networks,
+    state.params.policy,
+    state.normalizer,
+    state.env_state,
+    jax.random.PRNGKey(1),
+    cfg.unrolls_per_iteration,
+    cfg.unroll_length,
+  )
+  return networks, state, transitions, normalization.update(state.normalizer, transitions.obs)
 
 
 def run_steps(cfg: PPOConfig, iterations: int, env=None):
