@@ -5,8 +5,8 @@ python -m experiments.versus_brax ENV [ENV ...] [--seeds N] [--out DIR] [--brax_
 
 ENV is a MuJoCo Playground DM Control Suite name (`CartpoleBalance`), a Brax env name
 (`inverted_pendulum`), a built-in task (`cartpole_balance`) or a full name
-(`playground/CartpoleBalance`). The settings are the env's preset when there is one, else
-`presets.dm_control_cpu` for a Playground env, else PPOConfig's defaults, with every
+(`playground/CartpoleBalance`). The settings are `presets.dm_control_cpu` for a Playground DM
+Control Suite env, else the env's preset when there is one, else PPOConfig's defaults, with every
 `--field value` applied; `brax_arguments` gives Brax's `ppo.train` the same values. Brax trains
 each seed in turn; ours trains them as one vmapped panel (`num_seeds`).
 
@@ -78,13 +78,19 @@ def resolve_env(name: str) -> str:
 
 
 def base_config(env: str) -> PPOConfig:
-  """The first preset for `env`, else the CPU-sized DM Control settings for a Playground env,
-  else PPOConfig's defaults."""
+  """`presets.dm_control_cpu` for a Playground DM Control Suite env (one set of settings for
+  every such task), else the first preset for `env`, else the DM Control settings for another
+  Playground env, else PPOConfig's defaults."""
+  from mujoco_playground import registry
+
+  source, _, name = env.partition("/")
+  if source == "playground" and name in registry.dm_control_suite.ALL_ENVS:
+    return presets.dm_control_cpu(name)
   preset = next((c for c in presets.PRESETS.values() if c.env == env), None)
   if preset is not None:
     return preset
-  if env.startswith("playground/"):
-    return presets.dm_control_cpu(env.partition("/")[2])
+  if source == "playground":
+    return presets.dm_control_cpu(name)
   return PPOConfig(env=env)
 
 

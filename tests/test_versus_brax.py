@@ -15,7 +15,7 @@ from brax.training.agents.ppo import train as brax_train
 from jax.sharding import NamedSharding, PartitionSpec
 from tiny import tiny
 
-from experiments import tables, versus_brax
+from experiments import presets, tables, versus_brax
 from experiments.versus_brax import Curves
 
 
@@ -66,6 +66,14 @@ def test_env_names_resolve_to_their_source():
   assert versus_brax.resolve_env("cartpole_balance") == "builtin/cartpole_balance"
   with pytest.raises(ValueError, match="did you mean 'CartpoleBalance'"):
     versus_brax.resolve_env("CartpoleBalanse")
+
+
+def test_every_dm_control_task_gets_the_same_settings():
+  # CartpoleBalance has a preset of its own; the comparison still uses the shared settings.
+  assert any(c.env == "playground/CartpoleBalance" for c in presets.PRESETS.values())
+  for name in ("CartpoleBalance", "PointMass"):
+    assert versus_brax.base_config(f"playground/{name}") == presets.dm_control_cpu(name)
+  assert versus_brax.base_config("brax/inverted_pendulum") == presets.PRESETS["default"]
 
 
 def test_rows_compare_returns_at_the_evaluations_both_made():
