@@ -84,14 +84,10 @@ def base_config(env: str) -> PPOConfig:
   from mujoco_playground import registry
 
   source, _, name = env.partition("/")
-  if source == "playground" and name in registry.dm_control_suite.ALL_ENVS:
-    return presets.dm_control_cpu(name)
   preset = next((c for c in presets.PRESETS.values() if c.env == env), None)
-  if preset is not None:
-    return preset
-  if source == "playground":
+  if source == "playground" and (preset is None or name in registry.dm_control_suite.ALL_ENVS):
     return presets.dm_control_cpu(name)
-  return PPOConfig(env=env)
+  return preset if preset is not None else PPOConfig(env=env)
 
 
 def brax_settings(cfg: PPOConfig) -> dict:
