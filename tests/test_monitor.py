@@ -296,3 +296,14 @@ def test_alerts_warn_once_then_count():
   assert alerts.update([record(5, kl_spike=True)]) == ["labels so far: kl_spike 3"]
   resumed = health.LabelAlerts(cfg, [record(1, kl_spike=True)])  # already announced
   assert resumed.update([record(2, kl_spike=True)]) == ["labels so far: kl_spike 2"]
+
+
+def test_all_finite_over_mixed_dtypes():
+  tree = {
+    "half": jnp.array([1.0, jnp.inf], jnp.bfloat16),
+    "single": jnp.ones((2, 3)),
+    "count": jnp.arange(3),
+  }
+  assert not diagnostics.all_finite(tree)
+  assert diagnostics.all_finite({**tree, "half": jnp.ones(2, jnp.bfloat16)})
+  assert diagnostics.all_finite({"count": jnp.arange(3)})
