@@ -81,13 +81,15 @@ def measure(num_envs: int, backend: str) -> Measurement:
   """Compiles and runs one training iteration in this process."""
   import jax
 
+  from ppo_jax.programs import compiler_options
   from ppo_jax.step import init_state, make_env_and_networks, make_train_chunk
 
   cfg = ant_config(num_envs, backend)
   env, networks = make_env_and_networks(cfg)
   state = init_state(cfg, env, networks)
   started = time.perf_counter()
-  chunk = jax.jit(make_train_chunk(cfg, env, networks)).lower(state).compile()
+  chunk = jax.jit(make_train_chunk(cfg, env, networks)).lower(state)
+  chunk = chunk.compile(compiler_options("chunk"))
   compile_seconds = time.perf_counter() - started
   peak_compile = peak_rss_bytes()
   started = time.perf_counter()

@@ -10,11 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import numpy as np
+import pytest
 from tiny import child_environment, tiny
 
-from ppo_jax import phases, train
+from ppo_jax import phases, programs, train
 from ppo_jax.logger import METRICS_FILE, JsonLines
 from ppo_jax.runner import TIMINGS_FILE
+from ppo_jax.step import make_env_and_networks
 
 
 def test_phases_time_blocks_laps_and_warn_when_long():
@@ -102,3 +106,17 @@ def test_a_second_run_loads_its_programs_from_the_compilation_cache(tmp_path):
   assert first["hits"] == 0 and any(cache.iterdir())  # compiled, and kept
   second = run()
   assert second["hits"] >= 2  # the training chunk and the evaluator, at least
+
+
+def test_on_the_cpu_the_programs_leave_matrix_products_to_xla():
+  if not programs.CPU_COMPILER_OPTIONS.items() <= programs.compiler_options("chunk").items():
+    pytest.skip("this jaxlib has no YNNPACK fusions to turn off")
+  cfg = tiny()
+  env, networks = make_env_and_networks(cfg)
+  keys = np.stack([jax.random.PRNGKey(0)])
+  lowered, _ = programs.lower_programs(cfg, env, networks, None, keys, keys)
+  assert "__ynn_fusion" in lowered["chunk"].compile().as_text()  # XLA's default
+  compiled = programs.compile_programs(cfg, env, networks, None, keys, keys)
+  for name in ("init", "chunk", "evaluator"):
+    assert "__ynn_fusion" not in getattr(compiled, name).as_text(), name
+  assert programs.compiler_options("init")["xla_backend_optimization_level"] == 0
