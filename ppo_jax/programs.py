@@ -33,9 +33,10 @@ from ppo_jax.step import TrainState, init_state, make_evaluator, make_train_chun
 COMPILER_OPTIONS = {"init": {"xla_backend_optimization_level": 0}}
 
 # On the CPU, XLA hands matrix products and some reductions to YNNPACK, unless told otherwise.
-# Left to XLA's own threaded kernels, the training chunk ran 17% faster on a 2-core AVX2 CPU
-# (brax/inverted_pendulum with Brax's settings, the value network's 256-wide products: 16.4 s
-# -> 13.6 s a chunk, the two programs alternating in one process).
+# Left to XLA's own threaded kernels, the training chunk ran 10-17% faster on a 2-core AVX2 CPU
+# (brax/inverted_pendulum with Brax's settings, where the value network's 256-wide products
+# dominate: 16.4 -> 13.6 s and 15.7 -> 14.1 s a chunk, the two programs alternating in one
+# process), for 1-3 s more of the chunk's compilation.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
