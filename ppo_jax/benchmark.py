@@ -12,7 +12,7 @@ import numpy as np
 import envs
 from ppo_jax import sharding
 from ppo_jax.config import PPOConfig
-from ppo_jax.programs import compiler_options, lower_programs, over_seeds, timed_compile
+from ppo_jax.programs import lower_programs, over_seeds, timed_compile
 from ppo_jax.rollout import collect
 from ppo_jax.step import TrainState, make_env_and_networks
 
@@ -86,14 +86,14 @@ def measure(
   put = np.asarray if layout is None else layout.put
   seeds = put(np.stack([jax.random.PRNGKey(cfg.seed + i) for i in range(cfg.num_seeds)]))
   lowered, abstract = lower_programs(cfg, env, networks, layout, seeds, seeds)
-  init, _ = timed_compile(lowered["init"], compiler_options("init"))
+  init, _ = timed_compile(lowered["init"], "init")
   state = init(seeds)
-  chunk, train_compile = timed_compile(lowered["chunk"], compiler_options("chunk"))
+  chunk, train_compile = timed_compile(lowered["chunk"], "chunk")
   with sharding.mesh_context(layout):
     options = {} if layout is None else {"in_shardings": (layout.state(abstract),)}
     rollout = over_seeds(make_rollout_only(cfg, env, networks), cfg.num_seeds)
     rollout = jax.jit(rollout, **options).lower(abstract)
-  rollout, rollout_compile = timed_compile(rollout, compiler_options("rollout"))
+  rollout, rollout_compile = timed_compile(rollout, "rollout")
 
   def train_once():
     nonlocal state

@@ -199,7 +199,7 @@ def compile_programs(
       layout,
       seed_keys,
       eval_key,
-      lambda name, program: pool.submit(timed_compile, program, compiler_options(name)),
+      lambda name, program: pool.submit(timed_compile, program, name),
     )
     compiled = {name: future.result() for name, future in futures.items()}
   return Programs(
@@ -209,9 +209,8 @@ def compile_programs(
   )
 
 
-def timed_compile(
-  lowered: jax.stages.Lowered, options: dict[str, Any] | None = None
-) -> tuple[jax.stages.Compiled, float]:
-  """(the program compiled with XLA's `options`, seconds its compilation took)."""
+def timed_compile(lowered: jax.stages.Lowered, program: str) -> tuple[jax.stages.Compiled, float]:
+  """(the program compiled with `compiler_options(program)`, seconds its compilation took)."""
   started = time.perf_counter()
-  return lowered.compile(compiler_options=options or {}), time.perf_counter() - started
+  compiled = lowered.compile(compiler_options=compiler_options(program))
+  return compiled, time.perf_counter() - started
