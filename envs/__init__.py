@@ -1,5 +1,5 @@
 """Environments behind one name: `envs.make("brax/ant")`, `envs.make("playground/CartpoleBalance")`,
-`envs.make("builtin/cartpole_balance")`.
+`envs.make("builtin/cartpole_balance")`, or one's own after `envs.register("mylab/hopper", factory)`.
 
 Every environment comes back as an `envs.Environment`: one unbatched `reset(key)` and
 `step(state, action)` with time limit, action repeat and auto-reset inside, terminations
@@ -8,8 +8,9 @@ and truncations kept apart, and the final observation before a reset kept for bo
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import functools
+from collections.abc import Callable
 
 from envs.base import CoreEnv, Environment, EnvState
 from envs.builtin import TASKS
@@ -27,6 +28,8 @@ __all__ = [
   "check_playground_assets",
   "did_you_mean",
   "make",
+  "register",
+  "registered",
 ]
 
 # Per source, the physics pipelines (Brax) or implementations (Playground) it accepts.
@@ -36,20 +39,86 @@ BACKENDS = {
   "builtin": (),
 }
 SOURCES = tuple(BACKENDS)
+# The default time limit of a registered env that names none (Brax's and Playground's).
+DEFAULT_EPISODE_LENGTH = 1000
 
 
-@functools.cache
+@dataclasses.dataclass(frozen=True)
+class Registration:
+  """One's own environment: `factory(**kwargs)` returns its core env (see `register`)."""
+
+  factory: Callable[..., CoreEnv]
+  backends: tuple[str, ...] = ()
+
+
+_REGISTERED: dict[str, Registration] = {}
+
+
+def register(
+  name: str, factory: Callable[..., CoreEnv], *, backends: tuple[str, ...] = ()
+) -> Callable[..., CoreEnv]:
+  """Makes `factory` the environment `PPOConfig(env=name)` and `make(name)` build; returns it.
+
+  Args:
+    name: "<source>/<task>" with a source of one's own choosing (e.g. "mylab/hopper"); the
+      sources "builtin", "brax" and "playground" keep their own registries (Brax's
+      `brax.envs.register_environment` and Playground's suites' `register_environment` add
+      to those, and `make` finds what they add).
+    factory: `factory(**kwargs) -> core env`: a Brax env, a Playground `MjxEnv`, or any
+      object with `CoreEnv`'s protocol (`reset(key)` and `step(state, action)` returning
+      states with `obs`, `reward`, `done`, `metrics` and `.replace`). Its time limit is the
+      core env's `default_episode_length` if it has one, else its Playground-style
+      `_config.episode_length`, else 1000; `solved_threshold`, if it has one, marks it solved.
+    backends: the `PPOConfig.env_backend` values it accepts, passed on as `backend=`; none by
+      default.
+
+  Raises:
+    ValueError: a name that is not "<source>/<task>" or whose source is a built-in one.
+  """
+  source, _, task = name.partition("/")
+  if not source or not task or not callable(factory):
+    raise ValueError(
+      f"register({name!r}, ...): the name must be '<source>/<task>' and the factory callable"
+    )
+  if source in SOURCES:
+    raise ValueError(
+      f"register({name!r}, ...): the source {source!r} is built in; choose a source of your "
+      "own (e.g. 'mylab/...'), or use brax.envs.register_environment or a Playground suite's "
+      "register_environment for brax/ and playground/ names"
+    )
+  _REGISTERED[name] = Registration(factory, tuple(backends))
+  return factory
+
+
+def registered() -> dict[str, Registration]:
+  """The envs `register` added in this process, by name."""
+  return dict(_REGISTERED)
+
+
 def _brax_names() -> tuple[str, ...]:
+  """Read anew each time, so that envs registered with Brax after this import are found."""
   from brax import envs as brax_envs
 
   return tuple(sorted(brax_envs._envs))  # Brax keeps its registry in this dict.
 
 
-@functools.cache
-def _playground_names() -> tuple[str, ...]:
-  from mujoco_playground import registry
+def _playground_suites() -> tuple:
+  from mujoco_playground import dm_control_suite, locomotion, manipulation
 
-  return tuple(registry.ALL_ENVS)
+  return dm_control_suite, locomotion, manipulation
+
+
+def _playground_suite(env_name: str):
+  """The Playground suite module that has `env_name` (its `register_environment` included)."""
+  for suite in _playground_suites():
+    if env_name in suite._envs:  # each suite keeps its registry in this dict
+      return suite
+  raise KeyError(env_name)
+
+
+def _playground_names() -> tuple[str, ...]:
+  """Every suite's names, read anew: `registry.ALL_ENVS` is fixed when Playground is imported."""
+  return tuple(name for suite in _playground_suites() for name in suite._envs)
 
 
 MENAGERIE_URL = "https://github.com/google-deepmind/mujoco_menagerie"
@@ -63,10 +132,10 @@ def check_playground_assets(env_name: str) -> None:
   downloads at run time: the check comes first, and the message says where Playground looks
   (mujoco_playground/../external_deps/mujoco_menagerie) and how to put Menagerie there.
   """
-  from mujoco_playground import registry
+  from mujoco_playground import dm_control_suite
   from mujoco_playground._src import mjx_env
 
-  if env_name in registry.dm_control_suite.ALL_ENVS or mjx_env.MENAGERIE_PATH.exists():
+  if env_name in dm_control_suite._envs or mjx_env.MENAGERIE_PATH.exists():
     return
   path, commit = mjx_env.MENAGERIE_PATH, mjx_env.MENAGERIE_COMMIT_SHA
   raise ValueError(
@@ -82,6 +151,7 @@ def available() -> list[str]:
     [f"builtin/{n}" for n in sorted(TASKS)]
     + [f"brax/{n}" for n in _brax_names()]
     + [f"playground/{n}" for n in _playground_names()]
+    + sorted(_REGISTERED)
   )
 
 
@@ -104,11 +174,28 @@ def check_name(name: str) -> None:
   an unknown source). Brax and Playground are imported to read their registries.
   """
   source, _, env_name = name.partition("/")
-  if source not in SOURCES or not env_name:
+  if name in _REGISTERED:
+    return
+  own = sorted(n for n in _REGISTERED if n.partition("/")[0] == source)
+  if not source or not env_name:
     names = available()
     raise ValueError(
-      f"env {name!r} must be '<source>/<name>' with source one of {SOURCES}; "
-      f"{_suggestion(name, names)}available: {', '.join(names)}"
+      f"env {name!r} must be '<source>/<name>' with source one of {SOURCES} or one's own "
+      f"(envs.register); {_suggestion(name, names)}available: {', '.join(names)}"
+    )
+  if source not in SOURCES and not own:
+    names = available()
+    raise ValueError(
+      f"env {name!r} is neither built in (a source of {SOURCES}) nor registered in this "
+      f"process; {_suggestion(name, names)}one's own env is registered with "
+      f"envs.register({name!r}, factory) before training, evaluating or resuming (from the "
+      f"command line: --import MODULE, the module that registers it); available: "
+      f"{', '.join(names)}"
+    )
+  if source not in SOURCES:
+    raise ValueError(
+      f"unknown env {name!r}; {_suggestion(env_name, own, '')}{source}/ envs registered in "
+      f"this process: {', '.join(own)}"
     )
   registry, what = {
     "builtin": (lambda: sorted(TASKS), "built-in tasks"),
@@ -138,12 +225,14 @@ def make(
   """Makes an environment by name.
 
   Args:
-    name: "<source>/<env>", source one of "builtin", "brax", "playground".
+    name: "<source>/<env>", source one of "builtin", "brax", "playground", or a name given
+      to `register`.
     episode_length: time limit in simulator steps; the source's default when None
       (1000 for Brax and Playground, the task's own for built-ins).
     action_repeat: times each action is applied.
     backend: Brax physics pipeline ("mjx", "generalized", "positional", "spring") or the
-      Playground implementation ("jax", "warp"); the source's CPU-friendly default when None.
+      Playground implementation ("jax", "warp"); the source's CPU-friendly default when None;
+      of a registered env, one of the backends it was registered with.
     randomization_fn: domain randomization with Brax's and Playground's signature,
       `(sys, rng) -> (randomized_sys, in_axes)` (`envs.randomization`), or None.
     **kwargs: passed to the source's constructor (Brax env kwargs, Playground config overrides).
@@ -160,18 +249,28 @@ def make(
       raise ValueError(f"backend ({backend!r}) applies to brax/ and playground/ envs only")
     core = TASKS[env_name](**kwargs)
     length, solved = core.default_episode_length, core.solved_threshold
+  elif name in _REGISTERED:
+    registration = _REGISTERED[name]
+    if backend is not None and backend not in registration.backends:
+      raise ValueError(
+        f"backend ({backend!r}) must be one of {registration.backends} for {name}, as registered"
+      )
+    core = registration.factory(**kwargs, **({} if backend is None else {"backend": backend}))
+    length = getattr(core, "default_episode_length", None)
+    if length is None:
+      length = getattr(getattr(core, "_config", None), "episode_length", DEFAULT_EPISODE_LENGTH)
+    length, solved = int(length), getattr(core, "solved_threshold", None)
   elif source == "brax":
     from brax import envs as brax_envs
 
     core = brax_envs.get_environment(env_name, backend=backend or "generalized", **kwargs)
     length, solved = 1000, None
   else:
-    from mujoco_playground import registry
-
     check_playground_assets(env_name)
+    suite = _playground_suite(env_name)
     overrides = {"impl": backend or "jax", **kwargs}
-    core = registry.load(env_name, config_overrides=overrides)
-    length, solved = int(registry.get_default_config(env_name).episode_length), None
+    core = suite.load(env_name, config_overrides=overrides)
+    length, solved = int(suite.get_default_config(env_name).episode_length), None
   return Environment(
     core=core,
     name=name,

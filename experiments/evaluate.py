@@ -38,7 +38,9 @@ from typing import Any
 import jax
 import numpy as np
 
+import envs
 from envs import Environment
+from experiments import imports
 from ppo_jax import checkpoint, health, load_policy, logger
 from ppo_jax.distribution import DISTRIBUTIONS
 from ppo_jax.normalization import entry
@@ -220,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
   )
   parser.add_argument("--seed", type=int, default=0, help="seed of the resets and actions")
   parser.add_argument("--no-video", action="store_true", help="do not render episode 0")
+  imports.add_option(parser)
   return parser
 
 
@@ -227,12 +230,17 @@ def main(argv: list[str] | None = None) -> Path:
   """Evaluates RUN_DIR's final policy; returns the new evaluation folder."""
   parser = build_parser()
   args = parser.parse_args(argv)
+  imports.import_modules(parser, args.imports)
   run_dir: Path = args.run_dir
   if args.episodes < 1:
     parser.error(f"--episodes ({args.episodes}) must be >= 1")
   try:  # the config the policy was saved with
     cfg = checkpoint.load_policy_payload(run_dir)[0]
   except FileNotFoundError as error:
+    parser.error(str(error))
+  try:
+    envs.check_name(cfg.env)
+  except ValueError as error:  # e.g. an env registered by a module not imported (--import)
     parser.error(str(error))
 
   # A MUJOCO_GL that breaks `import mujoco` would break the env too: then it is made without GL.

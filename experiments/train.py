@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 import envs
-from experiments import evaluate
+from experiments import evaluate, imports
 from experiments.presets import PRESETS
 from ppo_jax import PPOConfig, logger, sharding, train
 from ppo_jax.plot import PLOT_FILE
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     default=30,
     help="a process silent this long makes the others stop with an error",
   )
+  imports.add_option(parser)
   add_config_options(parser, "preset's value if omitted")
   return parser
 
@@ -128,7 +129,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOCo
   """
   args = dict(args)
   preset, runs, run_dir, resume = (args.pop(k) for k in ("preset", "runs", "run_dir", "resume"))
-  for name in ("list", "compilation_cache", "no_compilation_cache", *DISTRIBUTED):
+  for name in ("list", "compilation_cache", "no_compilation_cache", "imports", *DISTRIBUTED):
     args.pop(name, None)
   if resume is not None:
     if args:
@@ -159,6 +160,7 @@ def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOCo
 def main(argv: list[str] | None = None) -> Path | None:
   parser = build_parser()
   args = parse_args(parser, argv)
+  imports.import_modules(parser, args["imports"])
   if args["list"]:
     for name, cfg in PRESETS.items():
       print(f"{name:<32} {cfg.env:<32} {cfg.num_timesteps:>12,d} steps")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from envs import BACKENDS, RANDOMIZATIONS, SOURCES
+from envs import BACKENDS, RANDOMIZATIONS, SOURCES, registered
 from ppo_jax.rules import (
   COUNT,
   COUNTER,
@@ -38,9 +38,11 @@ ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")  # functions of flax.line
 DISTRIBUTION_TYPES = ("normal", "tanh_normal")
 
 
+# The form only; `envs.check_name` knows the names (before any run directory or compilation), so
+# a run of an env of one's own loads where that env is not registered (`load_policy` needs none).
 ENV_NAME = Rule(
-  lambda v: v.partition("/")[0] in SOURCES and bool(v.partition("/")[2]),
-  f"'<source>/<name>' with source one of {SOURCES}",
+  lambda v: all(v.partition("/")[::2]),
+  f"'<source>/<name>' with source one of {SOURCES} or one's own (envs.register)",
 )
 
 
@@ -59,7 +61,7 @@ class PPOConfig:
   )
   env: str = setting(
     "brax/inverted_pendulum",
-    "environment name, '<source>/<name>' (see `envs.available()`).",
+    "environment name, '<source>/<name>' (see `envs.available()`; `envs.register` adds one's own).",
     ENV_NAME,
   )
   env_backend: str | None = setting(
@@ -345,11 +347,13 @@ class PPOConfig:
 
 def _check_combinations(c: PPOConfig) -> None:
   """The rules that tie several fields together."""
-  source = c.env.partition("/")[0]
-  require(
-    c.env_backend is None or c.env_backend in BACKENDS[source],
-    f"env_backend ({c.env_backend!r}) must be None or one of {BACKENDS[source]} for {source}/ envs",
-  )
+  source, registration = c.env.partition("/")[0], registered().get(c.env)
+  if source in BACKENDS or registration is not None:  # else checked when built (envs.make)
+    backends = BACKENDS[source] if source in BACKENDS else registration.backends
+    require(
+      c.env_backend is None or c.env_backend in backends,
+      f"env_backend ({c.env_backend!r}) must be None or one of {backends} for {c.env}",
+    )
   require(
     c.seed + c.num_seeds <= 2**32,
     f"seed + num_seeds - 1 ({c.seed} + {c.num_seeds} - 1) must be < 2**32: the panel's seeds",

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import envs
 from ppo_jax import checkpoint, health, logger, phases, plot, sharding
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_policy
@@ -101,6 +102,7 @@ class Runner:
     devices: Sequence[jax.Device] | None = None,
   ):
     self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
+    envs.check_name(cfg.env)  # before a run directory is made for an env this process lacks
     self.phases = phases.Phases()
     self.layout = sharding.make_layout(cfg, devices)  # before anything is made or compiled
     # Of several processes, the first writes the run directory and the console; all of them

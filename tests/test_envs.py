@@ -149,7 +149,7 @@ def test_make_defaults_per_source():
     ("playground/CartpoleBalanse", "CartpoleBalance"),
     ("builtin/x", "cartpole_balance"),
     ("nosource", "cartpole_balance"),
-    ("nosource/cartpole_balance", "inverted_pendulum"),
+    ("nosource/cartpole_balance", "did you mean 'builtin/cartpole_balance'.*envs.register"),
     ("builtin/", "cartpole_balance"),
   ],
 )
