@@ -1,6 +1,7 @@
 """Train a preset, with any config field overridden from the command line.
 
 python -m experiments.train [PRESET] [--num_timesteps 3000000 --learning_rate 1e-3 ...]
+python -m experiments.train [PRESET] --wandb_project NAME [--wandb_entity E --wandb_run_name R]
 python -m experiments.train --list
 
 The run directory gets plot.png at the end. With MUJOCO_GL set (egl, or osmesa on a CPU) and a
@@ -41,6 +42,8 @@ def parse_value(text: str):
 
 # The options passed on to `sharding.initialize_distributed` (jax.distributed.initialize's names).
 DISTRIBUTED = ("coordinator_address", "num_processes", "process_id", "heartbeat_timeout_seconds")
+# The options that make train's wandb argument.
+WANDB_OPTIONS = ("wandb_project", "wandb_entity", "wandb_run_name")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     help="a process silent this long makes the others stop with an error",
   )
   imports.add_option(parser)
+  wandb = parser.add_argument_group(
+    "Weights & Biases",
+    'log the run to W&B as well (needs pip install -e ".[wandb]"); the W&B run\'s files go into '
+    "the run directory, and --resume goes on in the same W&B run",
+  )
+  wandb.add_argument("--wandb_project", metavar="NAME", default=None, help="W&B is off without it")
+  wandb.add_argument("--wandb_entity", metavar="ENTITY", default=None, help="W&B user or team")
+  wandb.add_argument("--wandb_run_name", metavar="NAME", default=None, help="the W&B run's name")
   add_config_options(parser, "preset's value if omitted")
   return parser
 
@@ -121,6 +132,21 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict:
   return vars(args)
 
 
+def wandb_from_args(parser: argparse.ArgumentParser, args: dict) -> dict | None:
+  """train's wandb argument asked for by `parse_args`'s result (None without --wandb_project);
+  parser.error if the other --wandb_ options come without it or wandb is not installed."""
+  project, entity, name = (args[option] for option in WANDB_OPTIONS)
+  if project is None:
+    if entity is not None or name is not None:
+      parser.error("--wandb_entity and --wandb_run_name need --wandb_project")
+    return None
+  settings = dict(project=project, entity=entity, name=name)
+  try:
+    return logger.check_wandb(settings)
+  except ImportError as error:
+    parser.error(str(error))
+
+
 def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOConfig, Path, bool]:
   """(config, run directory, resume) asked for by `parse_args`'s result; parser.error if bad.
 
@@ -129,7 +155,8 @@ def config_from_args(parser: argparse.ArgumentParser, args: dict) -> tuple[PPOCo
   """
   args = dict(args)
   preset, runs, run_dir, resume = (args.pop(k) for k in ("preset", "runs", "run_dir", "resume"))
-  for name in ("list", "compilation_cache", "no_compilation_cache", "imports", *DISTRIBUTED):
+  skipped = ("list", "compilation_cache", "no_compilation_cache", "imports")
+  for name in (*skipped, *DISTRIBUTED, *WANDB_OPTIONS):
     args.pop(name, None)
   if resume is not None:
     if args:
@@ -168,6 +195,7 @@ def main(argv: list[str] | None = None) -> Path | None:
   several = sharding.initialize_distributed(**{name: args[name] for name in DISTRIBUTED})
   if several and args["run_dir"] is None and args["resume"] is None:
     parser.error("several processes need the same --run_dir (or --resume RUN_DIR) in each")
+  wandb = wandb_from_args(parser, args)  # before a run directory is made
   cfg, run_dir, resume = config_from_args(parser, args)
   primary = jax.process_index() == 0
   if primary:
@@ -178,7 +206,8 @@ def main(argv: list[str] | None = None) -> Path | None:
       flush=True,
     )
   cache = False if args["no_compilation_cache"] else args["compilation_cache"] or True
-  result = train(cfg, run_dir, resume=resume, compilation_cache=cache)  # writes plot.png too
+  # Writes plot.png too.
+  result = train(cfg, run_dir, resume=resume, compilation_cache=cache, wandb=wandb)
   if not primary:
     return run_dir
   if evaluate.rendering_unavailable(cfg.env, gl_error=None) is None:  # MUJOCO_GL is set

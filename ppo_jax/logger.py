@@ -1,10 +1,12 @@
-"""Host-side sinks only: the console (a progress bar), JSON lines and TensorBoard.
+"""Host-side sinks only: the console (a progress bar), JSON lines, TensorBoard and, optionally,
+Weights & Biases (`WandbSink`; the `wandb` package is imported only for a run that asks for it).
 
 Nothing here touches the device; `train` hands over numpy metrics once per chunk.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -19,6 +21,9 @@ METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
 CONFIG_FILE = "config.json"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_ID_FILE = "wandb_run_id.txt"
+# The wandb.init keyword arguments `train` passes on; it sets config, dir, id and resume itself.
+WANDB_KEYS = ("project", "entity", "name", "group", "tags", "notes", "mode")
 
 
 # TensorBoard sections, by where a metric comes from. Names with a "/" already name their
@@ -64,6 +69,7 @@ SECTIONS = {
   ),
 }
 _SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
+NOT_METRICS = ("iteration", "env_steps", "seed")  # a record's x-axes and panel key
 
 
 def tensorboard_tag(name: str) -> str:
@@ -243,20 +249,64 @@ class JsonLines:
     return records
 
 
+def check_wandb(settings: Any) -> dict[str, Any] | None:
+  """`train`'s wandb argument, checked before anything is built: ValueError, ImportError."""
+  keys = ", ".join(WANDB_KEYS)
+  if settings is not None and not (isinstance(settings, dict) and set(settings) <= set(WANDB_KEYS)):
+    raise ValueError(
+      f"wandb ({settings!r}) must be None or a dict of wandb.init arguments among {keys} "
+      "(train sets config, dir, id and resume itself)"
+    )
+  if settings is not None and importlib.util.find_spec("wandb") is None:
+    raise ImportError('wandb=... needs the wandb package: pip install -e ".[wandb]"')
+  return settings
+
+
+class WandbSink:
+  """A Weights & Biases run with the run's config, at step = env_steps. With a run directory
+  its files go there, and its id, in WANDB_ID_FILE, makes a resumed run go on in the same one."""
+
+  def __init__(self, settings: dict, config: dict, run_dir: Path | None, resume: bool):
+    import wandb
+
+    self.wandb, where = wandb, {}
+    if run_dir is not None:
+      id_file = run_dir / WANDB_ID_FILE
+      if not (resume and id_file.exists()):
+        id_file.write_text(os.urandom(8).hex() + "\n")  # on disk before W&B sees it
+      where = dict(dir=str(run_dir), id=id_file.read_text().strip(), resume="allow")
+    self.run = wandb.init(**settings, **where, config=config)
+
+  def log(self, values: dict[str, Any], step: int | None = None) -> None:
+    self.run.log(values, step=step)
+
+  def image(self, path: Path) -> Any:
+    return self.wandb.Image(str(path))
+
+  def close(self, failed: bool) -> None:
+    self.run.finish(exit_code=int(failed))
+
+
 class RunLogger:
-  """Writes a run's metrics to its directory (JSONL, TensorBoard) and to the console.
+  """Writes a run's metrics to its directory (JSONL, TensorBoard), the console and W&B.
 
   Args:
     run_dir: the run directory, or None for console only.
     total_steps: env steps of the whole run (for the progress bar and its ETA).
     show_progress: draw a progress bar and a line per evaluation.
     panel: records carry several seeds; TensorBoard tags and eval lines then name the seed.
+    wandb: a W&B run that gets what TensorBoard gets, and the final plot; None for none.
   """
 
   def __init__(
-    self, run_dir: Path | None, total_steps: int, show_progress: bool, panel: bool = False
+    self,
+    run_dir: Path | None,
+    total_steps: int,
+    show_progress: bool,
+    panel: bool = False,
+    wandb: WandbSink | None = None,
   ):
-    self.panel = panel
+    self.panel, self.wandb = panel, wandb
     self.metrics = JsonLines(run_dir / METRICS_FILE) if run_dir else None
     self.evals = JsonLines(run_dir / EVALS_FILE) if run_dir else None
     self.tensorboard = None
@@ -288,14 +338,21 @@ class RunLogger:
     section, _, rest = tensorboard_tag(name).partition("/")
     return f"{section}/seed_{record['seed']}/{rest}" if self.panel else f"{section}/{rest}"
 
+  def _scalars(self, record: dict[str, Any], names: list[str]) -> None:
+    """The record's fields `names` to TensorBoard and W&B under their tags, at its env_steps."""
+    scalars = {self._tag(record, name): record[name] for name in names}
+    if self.tensorboard is not None:
+      for tag, value in scalars.items():
+        self.tensorboard.add_scalar(tag, value, record["env_steps"])
+    if self.wandb is not None:
+      self.wandb.log(scalars, record["env_steps"])
+
   def log_iterations(self, records: list[dict[str, Any]]) -> None:
     if self.metrics is not None:
       self.metrics.write(records)
-    if self.tensorboard is not None:
-      for record in records:
-        for name, value in record.items():
-          if isinstance(value, (int, float)) and name not in ("iteration", "env_steps", "seed"):
-            self.tensorboard.add_scalar(self._tag(record, name), value, record["env_steps"])
+    for record in records:
+      keep = [n for n, v in record.items() if isinstance(v, int | float) and n not in NOT_METRICS]
+      self._scalars(record, keep)
     if self.bar is not None:
       last = records[-1]
       self.bar.update(last["env_steps"] - self.bar.n)
@@ -316,10 +373,7 @@ class RunLogger:
   def log_eval(self, record: dict[str, Any]) -> None:
     if self.evals is not None:
       self.evals.write([record])
-    if self.tensorboard is not None:
-      for name, value in record.items():
-        if name.startswith("eval/") and value is not None:
-          self.tensorboard.add_scalar(self._tag(record, name), value, record["env_steps"])
+    self._scalars(record, [n for n, v in record.items() if n.startswith("eval/") and v is not None])
     seed = f" seed {record['seed']}" if self.panel else ""
     self.message(
       f"eval @ {record['env_steps']:>12,d} steps{seed}: return {record['eval/episode_return']:.2f} "
@@ -327,8 +381,15 @@ class RunLogger:
       f"terminated {record['eval/termination_rate']:.0%}"
     )
 
-  def close(self) -> None:
+  def log_plot(self, path: Path) -> None:
+    """The end-of-run plot, to W&B as an image at the last step logged."""
+    if self.wandb is not None:
+      self.wandb.log({"plot": self.wandb.image(path)})
+
+  def close(self, failed: bool = False) -> None:
     if self.tensorboard is not None:
       self.tensorboard.close()
     if self.bar is not None:
       self.bar.close()
+    if self.wandb is not None:
+      self.wandb.close(failed)

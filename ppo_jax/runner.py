@@ -52,8 +52,7 @@ class TrainResult:
     config: the config trained.
     timings: seconds per phase of this process's run ("setup", "env", "compile", "init",
       "train", "eval", "checkpoint", "log", "analysis", "save"), "unaccounted" and "wall".
-    compile_times: seconds each program took to compile ("init", "chunk", "evaluator"); they
-      compile side by side, within the "compile" phase.
+    compile_times: seconds each program ("init", "chunk", "evaluator") took, side by side.
     health: the health report (label counts, largest-KL update and its comparison, trends).
     run_dir: the run directory, if any.
   """
@@ -100,6 +99,7 @@ class Runner:
     resume: bool,
     show_progress: bool,
     devices: Sequence[jax.Device] | None = None,
+    wandb: dict[str, Any] | None = None,
   ):
     self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
     envs.check_name(cfg.env)  # before a run directory is made for an env this process lacks
@@ -114,7 +114,9 @@ class Runner:
       if run_dir is not None and self.primary:
         logger.open_run_dir(run_dir, cfg.to_dict(), resume)
       panel, show = len(self.seeds) > 1, show_progress and self.primary
-      self.log = logger.RunLogger(self.files, cfg.total_env_steps, show, panel=panel)
+      wandb = wandb if self.primary else None  # W&B, like the console, from the first process
+      sink = wandb and logger.WandbSink(wandb, cfg.to_dict(), self.files, resume)
+      self.log = logger.RunLogger(self.files, cfg.total_env_steps, show, panel=panel, wandb=sink)
       self.phases.message, self.phases.status = self.log.message, self.log.phase
       self.checkpoints = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints) if run_dir else None
     with self.phases("env", f"{cfg.env} to be built"):
@@ -330,6 +332,7 @@ class Runner:
           normalizer,
         )
         plot.plot_runs([self.files], self.files / plot.PLOT_FILE)
+        self.log.log_plot(self.files / plot.PLOT_FILE)
     timings = self.phases.summary()
     if self.files is not None:
       record = {"phases": timings, "compile": self.compile_seconds}
@@ -360,6 +363,7 @@ def train(
   progress_fn: Callable[[Record], None] | None = None,
   compilation_cache: bool | str | Path = True,
   devices: Sequence[jax.Device] | None = None,
+  wandb: dict[str, Any] | None = None,
 ) -> TrainResult:
   """Trains as configured; the only place, with `logger`, that has host side effects.
 
@@ -376,19 +380,21 @@ def train(
       default, in the user's cache folder; a directory; or False.
     devices: the devices to train on; all of them (of every process, after
       `jax.distributed.initialize`) by default. See `ppo_jax.sharding` for the layout.
+    wandb: wandb.init's arguments (`logger.WANDB_KEYS`) to log to Weights & Biases as well.
   """
   if resume and run_dir is None:
     raise ValueError("resume=True needs the run_dir to resume")
   use_compilation_cache(compilation_cache)
   run_dir = Path(run_dir) if run_dir is not None else None
-  runner = Runner(cfg, run_dir, resume, show_progress, devices)
+  runner = Runner(cfg, run_dir, resume, show_progress, devices, logger.check_wandb(wandb))
+  result = None
   try:
     runner.compile()
     runner.start()
     runner.learn(progress_fn)
-    report = runner.finish()
-    return runner.result(report)
+    result = runner.result(runner.finish())
+    return result
   finally:
     if runner.checkpoints is not None:
       runner.checkpoints.wait()
-    runner.log.close()
+    runner.log.close(failed=result is None)
