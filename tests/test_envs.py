@@ -16,6 +16,7 @@ import pytest
 
 import envs
 from envs.base import Environment
+from ppo_jax import PPOConfig
 
 BATCH = 4
 
@@ -156,6 +157,50 @@ def test_make_defaults_per_source():
 def test_unknown_name_lists_available(name, listed):
   with pytest.raises(ValueError, match=listed):
     envs.make(name)
+
+
+def test_brax_and_playground_names_registered_after_import_are_found(monkeypatch):
+  from brax import envs as brax_envs
+  from mujoco_playground import dm_control_suite
+  from mujoco_playground._src.dm_control_suite import cartpole
+
+  # The registrations below are undone after the test (setitem restores each registry).
+  monkeypatch.setitem(brax_envs._envs, "my_pendulum", None)
+  monkeypatch.setitem(dm_control_suite._envs, "MyBalance", None)
+  monkeypatch.setitem(dm_control_suite._cfgs, "MyBalance", None)
+  brax_envs.register_environment("my_pendulum", brax_envs._envs["inverted_pendulum"])
+  dm_control_suite.register_environment(
+    "MyBalance", dm_control_suite._envs["CartpoleBalance"], cartpole.default_config
+  )
+  assert {"brax/my_pendulum", "playground/MyBalance"} <= set(envs.available())
+  assert envs.make("brax/my_pendulum").observation_size == 4
+  with jax.numpy_rank_promotion("allow"):  # MJX relies on rank promotion
+    assert envs.make("playground/MyBalance").observation_size == 5
+
+
+def test_register_refuses_a_built_in_source_and_a_bad_name():
+  with pytest.raises(ValueError, match="the source 'brax' is built in"):
+    envs.register("brax/mine", lambda: None)
+  with pytest.raises(ValueError, match="must be '<source>/<task>'"):
+    envs.register("mine", lambda: None)
+
+
+def test_a_registered_env_takes_only_its_own_backends(monkeypatch):
+  from envs.builtin import CartpoleBalance
+
+  monkeypatch.setattr(envs, "_REGISTERED", {})
+  made = []
+  envs.register(
+    "mylab/cartpole",
+    lambda backend="x": made.append(backend) or CartpoleBalance(),
+    backends=("x", "y"),
+  )
+  assert envs.make("mylab/cartpole", backend="y").episode_length == 500  # the core's default
+  assert made == ["y"]
+  with pytest.raises(ValueError, match=r"backend \('z'\) must be one of \('x', 'y'\)"):
+    envs.make("mylab/cartpole", backend="z")
+  with pytest.raises(ValueError, match="env_backend"):
+    PPOConfig(env="mylab/cartpole", env_backend="z")
 
 
 def test_backend_rejected_for_builtin():
