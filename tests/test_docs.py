@@ -384,3 +384,14 @@ def test_the_readme_is_a_landing_page_that_links_every_page():
   }
   pages = {page.name for page in (ROOT / "docs").glob("*.md")}
   assert pages <= linked, pages - linked
+
+
+def feature_table(page: Path) -> list[str]:
+  lines = page.read_text().splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("| feature |"))
+  end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+  return lines[start:end]
+
+
+def test_the_readme_feature_table_is_the_comparison_pages():
+  assert feature_table(README) == feature_table(ROOT / "docs/comparison.md")
