@@ -29,7 +29,10 @@ NOT_SUPPORTED = {
   "stays a value that checkpoints and the CLI can hold",
   "network_factory": "a function in Brax (Playground's dicts keep its keyword arguments); the "
   "networks are set by the fields named after its keywords (NETWORK_KEYWORDS)",
-  "max_devices_per_host": "one training program runs on one device",
+  "max_devices_per_host": "in Brax, a cap on the local devices its pmap uses in each host "
+  "process; here training runs over every device of every process (`ppo_jax.sharding`), "
+  "and `train(cfg, devices=[...])` names the devices to use, a choice that belongs to the "
+  "machine rather than to the config",
   "wrap_env": "every env is wrapped by `envs.Environment` (time limit, action repeat, "
   "auto-reset with the true final observation)",
   "wrap_env_fn": "the wrapper is `envs.Environment`",

@@ -50,8 +50,8 @@ ENV_NAME = Rule(
 class PPOConfig:
   """Hyperparameters of one PPO run. Defaults train brax inverted_pendulum with Brax's settings.
 
-  Every field carries its meaning as `help` metadata: `PPOConfig.field_help()`, the CLI's
-  --help and the README read it from there.
+  Every field carries its meaning as `help` metadata: `PPOConfig.field_help()` and the CLI's
+  --help read it from there; docs/configuration.md lists every field with its default.
   """
 
   algorithm: str = setting(
