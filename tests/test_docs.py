@@ -41,14 +41,6 @@ REPOSITORY_FOLDERS = ("ppo_jax", "envs", "experiments", "tests", "notebooks", "d
 FILE_SUFFIXES = {"json", "jsonl", "png", "npz", "mp4", "gif", "onnx", "py", "md", "ipynb", "csv"}
 WRAPPERS = {"srun", "sudo", "time", "env"}
 
-# Written by the custom-environment work at the same time as these pages and merged with it;
-# remove this allowlist once docs/custom_env.md is on the branch.
-PENDING_LINKS = ("custom_env.md",)
-# The Weights & Biases options and extra arrive with the W&B work, merged separately; remove
-# these once experiments.train takes the options and pyproject.toml has the extra.
-PENDING_OPTIONS = ("--wandb_project", "--wandb_entity", "--wandb_run_name")
-PENDING_EXTRAS = ("wandb",)
-
 
 class Block(NamedTuple):
   page: Path
@@ -133,19 +125,6 @@ def extras() -> set[str]:
   return set(re.findall(r"^([\w-]+)\s*=", section, flags=re.M))
 
 
-def without_pending(arguments: list[str]) -> list[str]:
-  """The arguments without PENDING_OPTIONS and their values."""
-  kept, i = [], 0
-  while i < len(arguments):
-    name, equals, _ = arguments[i].partition("=")
-    if name in PENDING_OPTIONS:
-      i += 1 if equals else 2
-    else:
-      kept.append(arguments[i])
-      i += 1
-  return kept
-
-
 class Parsed(Exception):
   """Raised in place of going on once a module's parser has parsed its arguments."""
 
@@ -208,7 +187,7 @@ def check_parsed(module: str, parsed: Parsed) -> str | None:
 
 
 def test_shell_commands_name_what_exists(monkeypatch):
-  targets, known_extras = make_targets(), extras() | set(PENDING_EXTRAS)
+  targets, known_extras = make_targets(), extras()
   failures = []
   for block in SHELL_BLOCKS:
     for command in shell_commands(block):
@@ -221,7 +200,7 @@ def test_shell_commands_name_what_exists(monkeypatch):
         if importlib.util.find_spec(module) is None:
           problem = f"no module {module}"
         else:
-          problem = parse_module_arguments(module, without_pending(command[3:]), monkeypatch)
+          problem = parse_module_arguments(module, command[3:], monkeypatch)
       elif is_python(command[0]) and command[1:2] == ["-c"]:
         try:
           ast.parse(command[2])
@@ -308,8 +287,7 @@ def test_relative_links_resolve():
       path, _, anchor = target.partition("#")
       resolved = (page.parent / path).resolve() if path else page
       if not resolved.exists():
-        if resolved.name not in PENDING_LINKS:
-          failures.append(f"{page.relative_to(ROOT)}: {target}: no such file")
+        failures.append(f"{page.relative_to(ROOT)}: {target}: no such file")
         continue
       if anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
         failures.append(f"{page.relative_to(ROOT)}: {target}: no such heading")
