@@ -146,8 +146,8 @@ class PPOConfig:
     "at a time-limit truncation, bootstrap with the value of the true final observation (True), or give the truncated step no advantage and its own value as target, as Brax's GAE does (False).",
   )
   recompute_advantages: bool = setting(
-    False,
-    "compute GAE on each minibatch with the value network of that moment, as Brax's ppo.train does, with minibatches of whole segments (True); or once per iteration with the rollout's value network, with minibatches of single samples (False).",
+    True,
+    "compute GAE on each minibatch with the value network of that moment, as Brax's ppo.train does, with minibatches of whole segments (True, Brax's algorithm); or once per iteration with the rollout's value network, with minibatches of single samples (False).",
   )
   reward_scaling: float = setting(10.0, "rewards are multiplied by this before GAE.", POSITIVE)
   normalize_observations: bool = setting(

@@ -57,7 +57,7 @@ SECTIONS = {
     "minibatch_updates_applied",
     "epochs_applied",
   ),
-  "update": ("update_kl", "update_exact_kl", "update_clip_fraction", "update_action_std"),
+  "update": ("update_kl", "update_approx_kl", "update_clip_fraction", "update_action_std"),
   "monitor": (
     "termination_rate",
     "action_saturation",

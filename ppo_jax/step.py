@@ -24,7 +24,7 @@ import optax
 from flax import struct
 
 import envs
-from ppo_jax import diagnostics, losses, monitor, normalization, rollout, trpo, update
+from ppo_jax import diagnostics, losses, monitor, normalization, rollout, trpo, trust_region, update
 from ppo_jax.batch import make_update_data, with_fresh_advantages
 from ppo_jax.config import PPOConfig
 from ppo_jax.distribution import DiagonalGaussian
@@ -108,13 +108,14 @@ def measure_update(
   normalizer: RunningStatistics,
   batch: Batch,
 ) -> Metrics:
-  """The update as a whole: the rollout policy against the updated one, over the batch."""
+  """The update as a whole: the rollout policy against the updated one, over the batch
+  (`update_kl` is `trust_region.update_kl`; `update_approx_kl` its k3 estimate from the
+  sampled actions, as the epochs' `approx_kl`)."""
   distribution = networks.policy(policy_params, normalizer, batch.obs)
   log_ratio = distribution.log_prob(batch.action) - batch.log_prob
-  rollout_policy = distribution.replace(mean=batch.mean, std=batch.std)
   return {
-    "update_kl": diagnostics.approx_kl(log_ratio),
-    "update_exact_kl": jnp.mean(rollout_policy.kl(distribution)),
+    "update_kl": trust_region.update_kl(networks, policy_params, normalizer, batch),
+    "update_approx_kl": diagnostics.approx_kl(log_ratio),
     "update_clip_fraction": diagnostics.clip_fraction(jnp.exp(log_ratio), clipping_epsilon),
     "update_action_std": jnp.mean(distribution.std),
   }
@@ -164,6 +165,10 @@ def learn(
     backstop's metrics).
   """
   params, step_metrics = state.params, {}
+  if cfg.algorithm == "trpo" or cfg.max_update_kl is not None:  # the brakes bound the whole
+    # change from the behaviour policy: the statistics' share is taken out first.
+    policy = trust_region.reexpress(params.policy, state.normalizer, normalizer, cfg.policy_obs_key)
+    params = params.replace(policy=policy)
   if policy_step is not None:  # TRPO: the policy steps first; the epochs below fit the value
     params, step_metrics = policy_step(params, normalizer, batch)
   learning_rate = update.scheduled_learning_rate(cfg, state.iteration, state.learning_rate)
@@ -174,7 +179,7 @@ def learn(
   )
   if cfg.max_update_kl is not None:
     policy, backstop_metrics = update.backstop(
-      cfg, networks, state.params.policy, learner.params.policy, normalizer, batch
+      cfg, networks, params.policy, learner.params.policy, normalizer, batch
     )
     learner = learner._replace(params=learner.params.replace(policy=policy))
     step_metrics = {**step_metrics, **backstop_metrics}

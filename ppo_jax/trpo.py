@@ -22,6 +22,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 from optax.tree_utils import tree_vdot
 
+from ppo_jax import trust_region
 from ppo_jax.gae import normalize_advantages
 from ppo_jax.losses import LossMetrics, loss_terms
 from ppo_jax.normalization import RunningStatistics
@@ -209,15 +210,17 @@ def trpo_step(
   max_backtracks: int = 10,
   backtrack_coef: float = 0.5,
   accept_ratio: float = 0.0,
+  bound_fn: Callable[[Params], jax.Array] | None = None,
 ) -> TRPOStepResult:
   """One natural-gradient step on the surrogate, scaled to the KL bound, then a line search.
 
   Solves F s = g by CG, scales s so that the quadratic model of the KL, 0.5 step^T F step,
-  equals max_kl, and backtracks from there.
+  equals max_kl, and backtracks from there until `bound_fn` is within max_kl.
 
   Args:
     surrogate_fn: params -> [] mean(ratio * advantage), to be maximized.
-    kl_fn: params -> [] mean KL(old || new), old fixed at `params`.
+    kl_fn: params -> [] mean KL(old || new), old fixed at `params` (its Hessian is F).
+    bound_fn: params -> [] the KL the line search bounds; `kl_fn` when None.
     params: current (old) policy params, any pytree of float arrays.
     max_kl: trust-region radius delta.
     cg_iterations, max_backtracks: static loop bounds.
@@ -236,7 +239,7 @@ def trpo_step(
   expected = tree_vdot(grad, full_step)
   search = line_search(
     surrogate_fn,
-    kl_fn,
+    kl_fn if bound_fn is None else bound_fn,
     params,
     full_step,
     expected,
@@ -283,8 +286,10 @@ def policy_step(
 ) -> tuple[ActorCriticParams, Metrics]:
   """One TRPO step of the policy on the whole batch [N, ...]: (params, "trpo/..." metrics).
 
-  The step's KL is measured from the current params under this iteration's observation
-  statistics, so it is 0 at the start and its Hessian there is the Fisher matrix.
+  `params.policy` is the behaviour policy re-expressed under this iteration's statistics
+  `normalizer` (`trust_region.reexpress`). The Fisher matrix is the Hessian of the KL from
+  those params; the line search bounds the whole change from the behaviour policy,
+  `trust_region.update_kl`, by max_kl ("trpo/kl" is it, at an accepted step).
   """
   advantages = normalize_advantages(batch.advantage) if normalize_advantage else batch.advantage
   old = jax.lax.stop_gradient(networks.policy(params.policy, normalizer, batch.obs))
@@ -297,6 +302,9 @@ def policy_step(
   def kl(policy_params):
     return jnp.mean(old.kl(networks.policy(policy_params, normalizer, batch.obs)))
 
+  def whole_change(policy_params):
+    return trust_region.update_kl(networks, policy_params, normalizer, batch)
+
   step = trpo_step(
     surrogate,
     kl,
@@ -306,6 +314,7 @@ def policy_step(
     cg_damping=cg_damping,
     max_backtracks=max_backtracks,
     backtrack_coef=backtrack_coef,
+    bound_fn=whole_change,
   )
   metrics = {f"trpo/{name}": getattr(step, name) for name in STEP_METRICS}
   return params.replace(policy=step.params), metrics

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ppo_jax import diagnostics, sharding, trpo
+from ppo_jax import sharding, trpo, trust_region
 from ppo_jax.config import PPOConfig
 from ppo_jax.losses import LossMetrics
 from ppo_jax.normalization import RunningStatistics
@@ -203,15 +203,16 @@ def backstop(
   normalizer: RunningStatistics,
   batch: Batch,
 ) -> tuple[Params, Metrics]:
-  """The trust-region backstop: the policy after the update, its KL bounded by `max_update_kl`.
+  """The trust-region backstop: the policy after the update, its whole change
+  (`trust_region.update_kl`) bounded by `max_update_kl`.
 
-  The KL is the update's (k3 over the batch against the rollout policy, as `update_kl`).
-  Within the bound the update stands; beyond it the policy is pulled back along the update,
-  old + 0.5**k (new - old) for k = 1 .. `max_update_kl_backtracks` (TRPO's line search on the
-  KL alone), to the first within the bound; when none is, the policy is the old one, bitwise.
-  The value network keeps its update, and the optimizer state its moments: they are
-  statistics of the gradients seen, not of the step taken, and the next iteration's first
-  minibatches wash them out.
+  `old_policy` is the behaviour policy's parameters re-expressed under `normalizer`
+  (`trust_region.reexpress`). Within the bound the update stands; beyond it the policy is
+  pulled back along the update, old + 0.5**k (new - old) for k = 1 .. `max_update_kl_backtracks`
+  (TRPO's line search on the KL alone), to the first within the bound; when none is, the
+  policy is the old one, bitwise. The value network keeps its update, and the optimizer state
+  its moments: they are statistics of the gradients seen, not of the step taken, and the next
+  iteration's first minibatches wash them out.
 
   Returns:
     (policy params, {"backstop_fraction": the fraction of the update kept (1, 0.5**k or 0),
@@ -219,8 +220,7 @@ def backstop(
   """
 
   def kl(policy):
-    distribution = networks.policy(policy, normalizer, batch.obs)
-    return diagnostics.approx_kl(distribution.log_prob(batch.action) - batch.log_prob)
+    return trust_region.update_kl(networks, policy, normalizer, batch)
 
   def pull_back(_):
     step = jax.tree.map(jnp.subtract, new_policy, old_policy)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from tiny import first_rollout, run_steps, tiny
 
-from ppo_jax import diagnostics, update
+from ppo_jax import trust_region, update
 from ppo_jax.batch import make_batch
 
 
@@ -25,8 +25,7 @@ def setup():
 
 
 def update_kl(networks, policy, normalizer, batch):
-  distribution = networks.policy(policy, normalizer, batch.obs)
-  return float(diagnostics.approx_kl(distribution.log_prob(batch.action) - batch.log_prob))
+  return float(trust_region.update_kl(networks, policy, normalizer, batch))
 
 
 @pytest.mark.parametrize("scale", [1e-4, 0.1, 0.3, 30.0])
