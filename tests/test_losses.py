@@ -53,10 +53,12 @@ def test_value_clipping_changes_the_loss_and_never_lowers_it():
 
 
 def small_config(**overrides):
+  """The per-sample loss (GAE once per iteration; `recompute_advantages` has its own tests)."""
   return PPOConfig(
     env="builtin/cartpole_balance",
     policy_hidden_layer_sizes=(16, 16),
     value_hidden_layer_sizes=(16, 16),
+    recompute_advantages=False,
     **overrides,
   )
 
