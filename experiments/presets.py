@@ -17,7 +17,9 @@ from ppo_jax import PPOConfig
 
 # MuJoCo Playground's PPO settings for the DM Control Suite
 # (mujoco_playground/config/dm_control_suite_params.py, brax_ppo_config; no per-env override
-# for CheetahRun, WalkerWalk or HumanoidWalk; num_resets_per_eval has no counterpart here).
+# for CheetahRun, WalkerWalk or HumanoidWalk). Its num_resets_per_eval=10 is left at 0; here
+# every auto-reset draws a fresh initial state, where Playground's wrapper returns an env to the
+# state cached at its last reset.
 _PLAYGROUND_DM_CONTROL = {
   "num_timesteps": 60_000_000,
   "num_evals": 10,  # 9 chunks of 7 iterations: 61.9M steps

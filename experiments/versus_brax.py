@@ -96,8 +96,9 @@ def brax_settings(cfg: PPOConfig) -> dict:
   "network" the fields of `make_ppo_networks` keywords.
 
   Brax's GAE gives every truncated step a zero advantage whatever its bootstrap_on_timeout
-  (whose True needs envs that report info["time_out"], which no Brax or Playground env does),
-  so Brax always gets False: `bootstrap_on_timeout=False` makes ours do the same.
+  (whose True adds a bonus where the env reports info["time_out"], which Brax's wrappers never
+  set: of Brax's envs, inverted_pendulum sets it to its fall, not to a time limit), so Brax
+  always gets False: `bootstrap_on_timeout=False` makes ours do the same.
 
   Raises:
     ValueError: `cfg` uses something Brax's trainer does not have.

@@ -118,7 +118,7 @@ class PPOConfig:
   )
   max_update_kl: float | None = setting(
     None,
-    "trust-region backstop; None disables it. When the whole update's KL (`update_kl`, k3 over the batch against the rollout policy) exceeds this, the policy is pulled back toward its parameters before the update, halving the step up to `max_update_kl_backtracks` times until the KL is within the bound, else the update of the policy is rejected.",
+    "trust-region backstop; None disables it. When the whole update's KL (`update_kl`, the closed-form KL from the rollout policy over the batch) exceeds this, the policy is pulled back toward its parameters before the update, halving the step up to `max_update_kl_backtracks` times until the KL is within the bound, else the update of the policy is rejected.",
     POSITIVE,
   )
   max_update_kl_backtracks: int = setting(
@@ -227,7 +227,7 @@ class PPOConfig:
   )
   kl_spike_factor: float = setting(
     5.0,
-    "`kl_spike` fires when an update's KL (approx, k3, between the rollout policy and the updated one, over the whole batch) exceeds this factor times the reference: `target_kl` if set, else `desired_kl` under 'ADAPTIVE_KL', else the median update KL of the last `monitor_window` iterations (once half of them are in).",
+    "`kl_spike` fires when an update's KL (`update_kl`, the closed-form KL from the rollout policy to the updated one over the whole batch) exceeds this factor times the reference: `target_kl` if set, else `desired_kl` under 'ADAPTIVE_KL', else the median update KL of the last `monitor_window` iterations (once half of them are in).",
     Rule(lambda v: v > 1, "> 1"),
   )
   kl_spike_max: float = setting(

@@ -78,7 +78,8 @@ class Signals(NamedTuple):
   """One iteration's measurements the labels are decided from (all scalars).
 
   Attributes:
-    update_kl: approx KL (k3) between the rollout policy and the updated one, whole batch.
+    update_kl: closed-form KL from the rollout policy to the updated one, whole batch
+      (`trust_region.update_kl`).
     clip_fraction: fraction of the batch's ratios outside the clip band after the update.
     action_std: mean action std of the updated policy over the batch.
     episode_return: mean return of the episodes that ended in the rollout (NaN if none).
