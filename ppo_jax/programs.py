@@ -1,8 +1,10 @@
-"""The compiled programs of a run: the initial state, the training chunk and the evaluator.
+"""The compiled programs of a run: the initial state, the training chunk, the evaluator and the
+split of the evaluation keys.
 
 Each runs over the seeds of a panel (`over_seeds`), is laid out on the devices
 (`ppo_jax.sharding`) and is compiled ahead of the training loop: XLA compiles each program on a
-thread of its own while the next one is traced. JAX's persistent compilation cache
+thread of its own while the next one is traced. Nothing the loop runs is compiled after them, so
+a run never stalls in a compilation nobody announced. JAX's persistent compilation cache
 (`use_compilation_cache`) lets a second run of the same programs load them instead of compiling
 them.
 """
@@ -95,6 +97,8 @@ class Programs:
     init: seed keys [S, 2] -> the panel's fresh TrainState.
     chunk: state -> (state, metrics [S, iterations_per_chunk, ...]); the state is donated.
     evaluator: (policies, keys [S, 2]) -> (Episodes, Trace), one evaluation per seed.
+    eval_keys: keys [S, 2] -> (the next keys [S, 2], this evaluation's keys [S, 2]), as
+      `jax.random.split` gives them.
     state: the state's shapes, dtypes and (on several devices) shardings.
     compile_seconds: seconds each program took to compile, by name.
   """
@@ -102,6 +106,7 @@ class Programs:
   init: jax.stages.Compiled
   chunk: jax.stages.Compiled
   evaluator: jax.stages.Compiled
+  eval_keys: jax.stages.Compiled
   state: Any
   compile_seconds: dict[str, float]
 
@@ -109,6 +114,12 @@ class Programs:
 def policies(state: TrainState) -> PolicySnapshot:
   """A panel's current policies, as the evaluator takes them."""
   return PolicySnapshot(state.params.policy, state.normalizer)
+
+
+def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(the next key, a key to use now) of one seed: `jax.random.split(key)`'s two rows."""
+  keys = jax.random.split(key)
+  return keys[0], keys[1]
 
 
 def over_seeds(fn: Callable[..., Any], num_seeds: int) -> Callable[..., Any]:
@@ -160,6 +171,7 @@ def lower_programs(
         (policies(state), eval_key),
         {},
       ),
+      "eval_keys": (over_seeds(split_key, len(seed_keys)), (eval_key,), {}),
     }
     if layout is not None:
       state_sharding = layout.state(state)
@@ -169,6 +181,9 @@ def lower_programs(
       )
       programs["evaluator"][2].update(
         in_shardings=(layout.per_seed, layout.replicated), out_shardings=layout.replicated
+      )
+      programs["eval_keys"][2].update(
+        in_shardings=(layout.replicated,), out_shardings=layout.replicated
       )
       state = jax.tree.map(
         lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),

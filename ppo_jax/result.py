@@ -30,7 +30,7 @@ class TrainResult:
     config: the config trained.
     timings: seconds per phase of this process's run ("setup", "env", "compile", "init",
       "train", "eval", "checkpoint", "log", "analysis", "save"), "unaccounted" and "wall".
-    compile_times: seconds each program ("init", "chunk", "evaluator") took, side by side.
+    compile_times: seconds each program ("init", "chunk", "evaluator", "eval_keys") took.
     health: the health report (label counts, largest-KL update and its comparison, trends).
     run_dir: the run directory, if any.
   """

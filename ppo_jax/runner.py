@@ -95,12 +95,13 @@ class Runner:
   def compile(self) -> None:
     """Compiles the run's programs ahead of the loop (see `ppo_jax.programs`)."""
     layout = self.layout
-    what = "XLA to compile the initial state, the training chunk and the evaluator"
+    what = "XLA to compile the initial state, the training chunk and the evaluation"
     with self.phases("compile", what):
       compiled = compile_programs(
         self.cfg, self.env, self.networks, layout, self.seed_keys, self.eval_key
       )
     self.init, self.chunk, self.evaluator = compiled.init, compiled.chunk, compiled.evaluator
+    self.eval_keys = compiled.eval_keys
     self.abstract_state, self.compile_seconds = compiled.state, compiled.compile_seconds
     where = "" if layout is None else f" for {layout.num_devices} devices, split by {layout.axis}"
     each = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.compile_seconds.items())
@@ -139,9 +140,8 @@ class Runner:
   def evaluate(self) -> list[Record]:
     """Evaluates every seed's policy (its mean action, one episode per env); a record per seed."""
     with self.phases("eval", f"{self.cfg.num_eval_envs} evaluation episodes"):
-      keys = jax.vmap(jax.random.split)(self.eval_key)
-      self.eval_key = keys[:, 0]
-      episodes = sharding.fetch(self.evaluator(policies(self.state), keys[:, 1])[0])
+      self.eval_key, key = self.eval_keys(self.eval_key)
+      episodes = sharding.fetch(self.evaluator(policies(self.state), key)[0])
     with self.phases("log", "evals.jsonl and TensorBoard"):
       env_steps = self.iteration * self.cfg.env_steps_per_iteration
       records = []

@@ -49,7 +49,7 @@ def test_a_run_accounts_for_its_wall_time(tmp_path):
   saved = json.loads((tmp_path / "run" / TIMINGS_FILE).read_text())
   timings = saved["phases"]
   assert timings == result.timings and saved["compile"] == result.compile_times
-  assert set(result.compile_times) == {"init", "chunk", "evaluator"}
+  assert set(result.compile_times) == {"init", "chunk", "evaluator", "eval_keys"}
   expected = {"setup", "env", "compile", "init", "train", "eval"}
   expected |= {"checkpoint", "log", "analysis", "save"}
   assert expected <= set(timings)

@@ -183,4 +183,4 @@ def test_timings_are_on_disk_after_every_chunk(tmp_path):
   assert set(chunk["seconds"]) == {"train", "log", "eval", "checkpoint"}
   assert chunk["sps"] > 0 and chunk["peak_memory_bytes"] is None  # the CPU reports none
   assert saved["phases"]["train"] == chunk["seconds"]["train"]
-  assert set(saved["compile"]) == {"init", "chunk", "evaluator"}
+  assert set(saved["compile"]) == {"init", "chunk", "evaluator", "eval_keys"}
