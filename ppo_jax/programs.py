@@ -4,14 +4,15 @@ split of the evaluation keys.
 Each runs over the seeds of a panel (`over_seeds`), is laid out on the devices
 (`ppo_jax.sharding`) and is compiled ahead of the training loop: XLA compiles each program on a
 thread of its own while the next one is traced. Nothing the loop runs is compiled after them, so
-a run never stalls in a compilation nobody announced. JAX's persistent compilation cache
-(`use_compilation_cache`) lets a second run of the same programs load them instead of compiling
-them.
+a run never stalls in a compilation nobody announced. Every program is traced under the config's
+`matmul_precision`. JAX's persistent compilation cache (`use_compilation_cache`) lets a second
+run of the same programs load them instead of compiling them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import os
@@ -116,6 +117,12 @@ def policies(state: TrainState) -> PolicySnapshot:
   return PolicySnapshot(state.params.policy, state.normalizer)
 
 
+def matmul_precision(cfg: PPOConfig) -> contextlib.AbstractContextManager:
+  """The context to trace a run's programs in: its float32 matrix products at
+  `cfg.matmul_precision` (JAX reads the setting when a product is traced)."""
+  return jax.default_matmul_precision(cfg.matmul_precision)
+
+
 def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(the next key, a key to use now) of one seed: `jax.random.split(key)`'s two rows."""
   keys = jax.random.split(key)
@@ -156,7 +163,7 @@ def lower_programs(
   Returns:
     ({name: what `lowered_fn` returned for it}, the state's shapes, dtypes and shardings).
   """
-  with sharding.mesh_context(layout):
+  with sharding.mesh_context(layout), matmul_precision(cfg):
     init = over_seeds(functools.partial(init_state, cfg, env, networks), len(seed_keys))
     state = jax.jit(init).trace(seed_keys).out_info  # traced once: `lower` below reuses it
     programs = {

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
-from ppo_jax import checkpoint, health, logger, phases, plot, sharding
+from ppo_jax import checkpoint, health, logger, phases, plot, run_info, sharding
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_policy
 from ppo_jax.programs import compile_programs, policies, use_compilation_cache
@@ -77,6 +77,10 @@ class Runner:
       self.checkpoints = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints) if run_dir else None
     with self.phases("env", f"{cfg.env} to be built"):
       self.env, self.networks = make_env_and_networks(cfg)
+    info = run_info.describe(cfg, self.env, devices or jax.devices()[:1])
+    if self.files is not None:
+      run_info.write(self.files, info)
+    self.log.message(run_info.line(info))
     self.seed_keys = self._put(np.stack([jax.random.PRNGKey(s) for s in self.seeds]))
     # Apart from init_state's keys.
     self.eval_key = self._put(
