@@ -1,6 +1,6 @@
 """One command for a GPU window: what the machine has, a whole brax_ant run with a line per chunk
-and per evaluation, the same programs from the compilation cache, throughput, Brax's own trainer
-on the same settings, and Playground's Go1 on MuJoCo Warp and on JAX.
+and per evaluation, the same programs from the compilation cache, throughput, Playground's Go1
+on MuJoCo Warp and on JAX, and Brax's own trainer on the same settings as ours.
 
 python -m experiments.gpu_check [--small] [--out DIR] [--timeout SECONDS] [--stages NAME ...]
 make gpu-check ARGS="..."   (about 8 minutes on one H100 or H200, compilation included)
@@ -20,9 +20,9 @@ JAX's backend, so it holds no GPU memory. Each child's stdout and stderr go to O
               compilation cache the first filled (OUT/compilation_cache).
   throughput  ppo_jax.benchmark.measure on brax_ant's training chunk (loaded from the cache),
               against rollout alone; XLA_PYTHON_CLIENT_PREALLOCATE=false.
-  brax        Brax's own ppo.train with the settings and steps of end_to_end: its SPS.
   go1         where MuJoCo Menagerie is on disk, Playground's Go1JoystickFlatTerrain throughput
               on "warp" (where the GPU has mujoco_warp) and on "jax".
+  brax        Brax's own ppo.train with the settings and steps of end_to_end: its SPS.
 
 A stage that runs past --timeout gets SIGABRT: Python prints every thread's stack to its log
 (PYTHONFAULTHANDLER is set), then SIGKILL; the check says where the run was (the last phase
@@ -46,7 +46,7 @@ from pathlib import Path
 
 from experiments import gpu_wheels, supervise
 
-STAGES = ("end_to_end", "cache", "throughput", "brax", "go1")
+STAGES = ("end_to_end", "cache", "throughput", "go1", "brax")
 DISTRIBUTIONS = (
   "jax",
   "jaxlib",
@@ -81,7 +81,8 @@ def versions() -> dict:
   gpus = []
   if shutil.which("nvidia-smi"):
     query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
-    gpus = subprocess.run(query, capture_output=True, text=True).stdout.strip().splitlines()
+    done = subprocess.run(query, capture_output=True, text=True, timeout=60)
+    gpus = done.stdout.strip().splitlines()
   found["gpus"] = gpus
   return found
 
