@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import json
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -41,11 +40,6 @@ class Outcome:
     return {"exit": self.exit, "seconds": round(self.seconds, 1), "stopped": self.stopped}
 
 
-def _no_core_file() -> None:
-  """In the child, before it runs: SIGABRT prints the stacks, and leaves no core file."""
-  resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-
 def run(
   command: list[str],
   logs: Path,
@@ -67,9 +61,10 @@ def run(
   env = {**(os.environ if env is None else env), "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1"}
   started = time.monotonic()
   with stdout.open("w") as out, stderr.open("w") as err:
-    child = subprocess.Popen(
-      command, stdout=out, stderr=err, env=env, cwd=ROOT, preexec_fn=_no_core_file
-    )
+    # SIGABRT prints the stacks and leaves no core file: the shell sets the limit, then
+    # becomes the child (exec: the same process), with no fork of this threaded process.
+    no_core = ["/bin/sh", "-c", 'ulimit -c 0 && exec "$@"', "sh", *command]
+    child = subprocess.Popen(no_core, stdout=out, stderr=err, env=env, cwd=ROOT)
     stopped = False
     while child.poll() is None:
       poll()
