@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup train test test-slow bench gpu-check clean
+.PHONY: setup train test test-slow bench gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -27,10 +27,15 @@ test-slow: setup  ## Only the long runs.
 bench: setup  ## Training and rollout-only throughput, compile time, on 1, 2 and 4 devices.
 	$(PY) -m experiments.bench --devices 1 2 4
 
-gpu-check:  ## On a machine with a GPU and JAX (no .venv): throughput and a whole brax_ant run.
-	@if [ -d .whl ] && ! $(PYTHON) -c "import brax, mujoco.mjx, tensorboardX" 2>/dev/null; then \
-	  $(PYTHON) -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
-	PYTHONPATH=/tmp/site:$$PYTHONPATH $(PYTHON) -m experiments.gpu_check $(ARGS)
+# The check runs with this project's virtualenv where there is one, else with $(PYTHON): on a
+# GPU image, the image's Python with its own jax (and no .venv).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:  ## The GPU window's one command (about 8 min on one H100): see experiments/gpu_check.py; ARGS=--small on a CPU.
+	$(GPU_PYTHON) -m experiments.gpu_check $(ARGS)
+
+gpu-wheels: setup  ## Where pip reaches PyPI: the cp312 wheels a bare GPU image lacks, into .whl/ (never jax or flax).
+	$(PY) -m experiments.gpu_wheels --dir .whl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

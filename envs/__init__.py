@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 from collections.abc import Callable
 
 from envs.base import CoreEnv, Environment, EnvState
@@ -28,6 +29,7 @@ __all__ = [
   "check_playground_assets",
   "did_you_mean",
   "make",
+  "playground_backend",
   "register",
   "registered",
 ]
@@ -145,6 +147,26 @@ def check_playground_assets(env_name: str) -> None:
   )
 
 
+def playground_backend(requested: str | None) -> str:
+  """The implementation a Playground env runs on: `requested`, else MuJoCo Warp ("warp") where
+  JAX runs on a GPU and `mujoco_warp` is importable (Playground 0.2's own default), else "jax".
+
+  Raises:
+    ValueError: "warp" asked for where it cannot run (no GPU, or no mujoco_warp).
+  """
+  import jax
+
+  gpu = jax.default_backend() == "gpu"
+  warp = gpu and importlib.util.find_spec("mujoco_warp") is not None
+  if requested == "warp" and not warp:
+    where = "mujoco_warp is not installed" if gpu else f"JAX runs on {jax.default_backend()!r}"
+    raise ValueError(
+      f"env_backend ('warp') must run on an NVIDIA GPU with mujoco_warp installed, and here "
+      f"{where}; use env_backend='jax' (or None, which picks 'warp' only where it can run)"
+    )
+  return requested or ("warp" if warp else "jax")
+
+
 def available() -> list[str]:
   """All names `make` accepts."""
   return (
@@ -231,16 +253,19 @@ def make(
       (1000 for Brax and Playground, the task's own for built-ins).
     action_repeat: times each action is applied.
     backend: Brax physics pipeline ("mjx", "generalized", "positional", "spring") or the
-      Playground implementation ("jax", "warp"); the source's CPU-friendly default when None;
-      of a registered env, one of the backends it was registered with.
+      Playground implementation ("jax", "warp"); when None, "generalized" for Brax and, for
+      Playground, "warp" on a GPU with mujoco_warp, else "jax" (`playground_backend`); of a
+      registered env, one of the backends it was registered with. The environment made
+      keeps the one chosen (`Environment.backend`).
     randomization_fn: domain randomization with Brax's and Playground's signature,
       `(sys, rng) -> (randomized_sys, in_axes)` (`envs.randomization`), or None.
     **kwargs: passed to the source's constructor (Brax env kwargs, Playground config overrides).
 
   Raises:
     ValueError: unknown source or name (the message lists what is available), a backend
-      given for a source that has none, or a Playground robot whose MuJoCo Menagerie assets
-      are not on disk (the message names the directory and how to provide it).
+      given for a source that has none, "warp" where it cannot run, or a Playground robot
+      whose MuJoCo Menagerie assets are not on disk (the message names the directory and how
+      to provide it).
   """
   check_name(name)
   source, _, env_name = name.partition("/")
@@ -263,12 +288,14 @@ def make(
   elif source == "brax":
     from brax import envs as brax_envs
 
-    core = brax_envs.get_environment(env_name, backend=backend or "generalized", **kwargs)
+    backend = backend or "generalized"
+    core = brax_envs.get_environment(env_name, backend=backend, **kwargs)
     length, solved = 1000, None
   else:
     check_playground_assets(env_name)
     suite = _playground_suite(env_name)
-    overrides = {"impl": backend or "jax", **kwargs}
+    backend = playground_backend(backend)
+    overrides = {"impl": backend, **kwargs}
     core = suite.load(env_name, config_overrides=overrides)
     length, solved = int(suite.get_default_config(env_name).episode_length), None
   return Environment(
@@ -278,4 +305,5 @@ def make(
     action_repeat=action_repeat,
     solved_threshold=solved,
     randomization_fn=randomization_fn,
+    backend=backend,
   )

@@ -95,6 +95,8 @@ class Environment:
     solved_threshold: episode return at which the task counts as solved, if known.
     randomization_fn: domain randomization, `(sys, rng) -> (randomized_sys, in_axes)` as in
       Brax and Playground (`envs.randomization`), or None.
+    backend: the physics that steps it: Brax's pipeline or Playground's implementation as
+      `envs.make` chose it (the one asked for, else the source's default), or None.
   """
 
   core: CoreEnv
@@ -103,6 +105,7 @@ class Environment:
   action_repeat: int = 1
   solved_threshold: float | None = None
   randomization_fn: randomization.RandomizationFn | None = None
+  backend: str | None = None
 
   def __post_init__(self):
     if self.episode_length < 1:

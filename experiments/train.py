@@ -4,6 +4,11 @@ python -m experiments.train [PRESET] [--num_timesteps 3000000 --learning_rate 1e
 python -m experiments.train [PRESET] --wandb_project NAME [--wandb_entity E --wandb_run_name R]
 python -m experiments.train --list
 
+Every line is flushed as it is printed, so that output to a pipe or a log file comes at once. A
+phase that waits says so every 30 s ($PPO_JAX_WATCHDOG_SECONDS) and, the second time, prints
+every thread's stack to stderr; `kill -USR1 <pid>` (the pid is printed at the start) prints
+them on demand, and the run goes on.
+
 The run directory gets plot.png at the end. With MUJOCO_GL set (egl, or osmesa on a CPU) and a
 Brax or Playground env, `experiments.evaluate` then renders one episode of the final policy and
 of the policies around the largest-KL update (same seed: same initial state) to mp4 videos.
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -22,7 +28,7 @@ import numpy as np
 import envs
 from experiments import evaluate, imports
 from experiments.presets import PRESETS
-from ppo_jax import PPOConfig, logger, sharding, train
+from ppo_jax import PPOConfig, logger, sharding, train, watchdog
 from ppo_jax.plot import PLOT_FILE
 
 
@@ -198,6 +204,7 @@ def main(argv: list[str] | None = None) -> Path | None:
   wandb = wandb_from_args(parser, args)  # before a run directory is made
   cfg, run_dir, resume = config_from_args(parser, args)
   primary = jax.process_index() == 0
+  stacks = watchdog.stacks_on_signal()  # SIGUSR1, where the platform has it
   if primary:
     print(
       f"run directory: {run_dir}\n{cfg.env}: {cfg.total_env_steps:,d} env steps in "
@@ -205,13 +212,15 @@ def main(argv: list[str] | None = None) -> Path | None:
       f"{jax.device_count()} devices of {jax.process_count()} processes",
       flush=True,
     )
+    if stacks is not None:
+      print(f"every thread's stack, at any time: kill -USR1 {os.getpid()}", flush=True)
   cache = False if args["no_compilation_cache"] else args["compilation_cache"] or True
   # Writes plot.png too.
   result = train(cfg, run_dir, resume=resume, compilation_cache=cache, wandb=wandb)
   if not primary:
     return run_dir
   if evaluate.rendering_unavailable(cfg.env, gl_error=None) is None:  # MUJOCO_GL is set
-    print("videos of the final policy and of those around the largest-KL update:")
+    print("videos of the final policy and of those around the largest-KL update:", flush=True)
     deterministic = ["--deterministic"] if cfg.deterministic_eval else []
     for folder in evaluate.policy_folders(run_dir):
       evaluate.main([str(folder), "--episodes", "1", *deterministic])
@@ -221,7 +230,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     f"done: eval return {final:.1f} after {cfg.total_env_steps:,d} steps; "
     f"wall {result.timings['wall']:.1f} s: compile {result.compile_seconds:.1f} s, "
     f"training {result.train_seconds:.1f} s (timings.json has every phase)\n"
-    f"run directory: {run_dir} (plot: {PLOT_FILE}, policy: policy/)"
+    f"run directory: {run_dir} (plot: {PLOT_FILE}, policy: policy/)",
+    flush=True,
   )
   return run_dir
 

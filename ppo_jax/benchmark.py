@@ -12,7 +12,7 @@ import numpy as np
 import envs
 from ppo_jax import sharding
 from ppo_jax.config import PPOConfig
-from ppo_jax.programs import lower_programs, over_seeds, timed_compile
+from ppo_jax.programs import lower_programs, matmul_precision, over_seeds, timed_compile
 from ppo_jax.rollout import collect
 from ppo_jax.step import TrainState, make_env_and_networks
 
@@ -89,7 +89,7 @@ def measure(
   init, _ = timed_compile(lowered["init"], "init")
   state = init(seeds)
   chunk, train_compile = timed_compile(lowered["chunk"], "chunk")
-  with sharding.mesh_context(layout):
+  with sharding.mesh_context(layout), matmul_precision(cfg):
     options = {} if layout is None else {"in_shardings": (layout.state(abstract),)}
     rollout = over_seeds(make_rollout_only(cfg, env, networks), cfg.num_seeds)
     rollout = jax.jit(rollout, **options).lower(abstract)

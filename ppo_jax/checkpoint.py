@@ -8,9 +8,10 @@ it when complete, so a kill during a write never leaves a checkpoint that `lates
 pick up; the next `Checkpointer` of the run directory deletes such leftovers. A save that
 fails (a full disk) removes its partial write and says which earlier checkpoint is intact.
 
-Saves run in the background (orbax's asynchronous checkpointing): `save` copies the state on
-the device and returns, so the write overlaps the next chunk of training. The next `save`,
-and `wait`, first wait for the one in flight and raise its failure.
+Saves run in the background (orbax's asynchronous checkpointing): orbax copies the state to host
+memory before `save` returns (see `_host_copy`), so the write overlaps the next chunk of
+training, which may take the state's device buffers. The next `save`, and `wait`, first wait
+for the one in flight and raise its failure.
 """
 
 from __future__ import annotations
@@ -47,11 +48,26 @@ def _nonempty_leaves(tree: Any) -> dict[str, Any]:
   return {f"{i:06d}": leaf for i, leaf in enumerate(jax.tree.leaves(tree)) if np.size(leaf)}
 
 
-def _snapshot(leaf: Any) -> Any:
-  """A copy of `leaf` that nobody else holds: the state's own buffers are donated to the next
-  chunk while orbax is still writing. Device arrays are copied where they lie (on every
-  device, of every process), so orbax writes each process's shards as usual."""
-  return jnp.copy(leaf) if isinstance(leaf, jax.Array) else np.array(leaf, copy=True)
+def _host_copy(leaf: Any) -> Any:
+  """What `save` hands orbax for `leaf`: a numpy leaf copied (orbax writes host arrays as they
+  are, in the background), a device array as it is, with no copy and nothing compiled.
+
+  The next chunk takes (donates) the state's device buffers while orbax is still writing. That
+  is safe because orbax has the arrays on the host before `save` returns (orbax-checkpoint
+  0.11.36): `CheckpointManager.save` calls the checkpointer's `save` (checkpoint_manager.py:1516),
+  which runs the handlers' `async_save` to its end in the caller's thread
+  (_src/checkpointers/async_checkpointer.py:560, awaiting the handler at :498) and only then
+  starts the background commit (:571); the pytree handler awaits every array handler's
+  `serialize` there (_src/handlers/base_pytree_checkpoint_handler.py:721); with no byte limit
+  on device-to-host transfers every array is "prioritized"
+  (_src/serialization/jax_array_handlers.py:434), and prioritized arrays go to the host at once
+  (:365) through `replica_slices.transfer_arrays_to_host`, which "blocks until completion"
+  (_src/serialization/replica_slices.py:403) by `np.asarray` of each shard (:483). On a GPU
+  that is a copy in host memory; on the CPU it is a view of the buffer, and a buffer with a
+  view cannot be donated: the chunk then writes its result to new buffers. A test
+  (test_checkpoint.py) holds orbax to this.
+  """
+  return leaf if isinstance(leaf, jax.Array) else np.array(leaf, copy=True)
 
 
 class Checkpointer:
@@ -92,7 +108,7 @@ class Checkpointer:
     """
     self.wait()
     self._in_flight = (step, set(threading.enumerate()))
-    items = jax.tree.map(_snapshot, _nonempty_leaves(state))
+    items = jax.tree.map(_host_copy, _nonempty_leaves(state))
     args = ocp.args.Composite(state=ocp.args.StandardSave(items), host=ocp.args.JsonSave(host))
     self._guard(lambda: self.manager.save(step, args=args))
 

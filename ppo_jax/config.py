@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from envs import BACKENDS, RANDOMIZATIONS, SOURCES, registered
+from envs import RANDOMIZATIONS, SOURCES
+from ppo_jax.combinations import check_combinations
 from ppo_jax.rules import (
   COUNT,
   COUNTER,
@@ -27,7 +28,6 @@ from ppo_jax.rules import (
   Rule,
   check_field,
   one_of,
-  require,
   setting,
 )
 
@@ -36,6 +36,9 @@ ALGORITHMS = ("ppo", "trpo")
 SCHEDULES = ("NONE", "ADAPTIVE_KL", "LINEAR")
 ACTIVATIONS = ("swish", "tanh", "relu", "elu", "gelu")  # functions of flax.linen, by name
 DISTRIBUTION_TYPES = ("normal", "tanh_normal")
+# jax.default_matmul_precision's names: the first three are lax.Precision's, the others the
+# algorithm each stands for on a GPU (bfloat16 = "default", tensorfloat32 = "high").
+MATMUL_PRECISIONS = ("default", "high", "highest", "bfloat16", "tensorfloat32", "float32")
 
 
 # The form only; `envs.check_name` knows the names (before any run directory or compilation), so
@@ -273,6 +276,11 @@ class PPOConfig:
   keep_checkpoints: int = setting(
     3, "how many of the latest checkpoints a run directory keeps.", COUNT
   )
+  matmul_precision: str = setting(
+    "highest",
+    "precision of the float32 matrix products of the run's programs, by JAX's names (jax.default_matmul_precision): 'highest' (full float32, the default, as MuJoCo Playground's trainer sets it), 'high' or 'default' (on NVIDIA GPUs since Ampere, TensorFloat-32 or bfloat16 passes: faster, coarser). The CPU computes full float32 whatever the setting.",
+    one_of(MATMUL_PRECISIONS),
+  )
   seed: int = setting(
     0,
     "PRNG seed.",
@@ -288,7 +296,7 @@ class PPOConfig:
         object.__setattr__(self, name, tuple(value))
     for field in dataclasses.fields(self):
       check_field(field, getattr(self, field.name))
-    _check_combinations(self)
+    check_combinations(self)
 
   # Derived sizes.
   @property
@@ -343,58 +351,3 @@ class PPOConfig:
   def field_help(cls) -> dict[str, str]:
     """Field name -> its meaning."""
     return {field.name: field.metadata["help"] for field in dataclasses.fields(cls)}
-
-
-def _check_combinations(c: PPOConfig) -> None:
-  """The rules that tie several fields together."""
-  source, registration = c.env.partition("/")[0], registered().get(c.env)
-  if source in BACKENDS or registration is not None:  # else checked when built (envs.make)
-    backends = BACKENDS[source] if source in BACKENDS else registration.backends
-    require(
-      c.env_backend is None or c.env_backend in backends,
-      f"env_backend ({c.env_backend!r}) must be None or one of {backends} for {c.env}",
-    )
-  require(
-    c.seed + c.num_seeds <= 2**32,
-    f"seed + num_seeds - 1 ({c.seed} + {c.num_seeds} - 1) must be < 2**32: the panel's seeds",
-  )
-  require(
-    c.num_segments % c.num_envs == 0,
-    f"batch_size * num_minibatches ({c.batch_size} * {c.num_minibatches} = {c.num_segments}) "
-    f"must be divisible by num_envs ({c.num_envs}): each iteration runs whole unrolls of all envs",
-  )
-  require(
-    c.episode_length % c.action_repeat == 0,
-    f"episode_length ({c.episode_length}) must be divisible by action_repeat ({c.action_repeat})",
-  )
-  require(
-    c.num_iterations < 2**31,
-    f"num_timesteps ({c.num_timesteps}) and num_evals ({c.num_evals}) give {c.num_iterations} "
-    f"iterations of {c.env_steps_per_iteration} env steps; the iteration count must be < 2**31",
-  )
-  require(
-    c.kl_spike_min < c.kl_spike_max,
-    f"kl_spike_min ({c.kl_spike_min}) must be < kl_spike_max ({c.kl_spike_max})",
-  )
-  require(
-    c.learning_rate_schedule_min_lr <= c.learning_rate <= c.learning_rate_schedule_max_lr
-    or c.learning_rate_schedule != "ADAPTIVE_KL",
-    f"learning_rate ({c.learning_rate}) must lie in [learning_rate_schedule_min_lr, learning_rate_schedule_max_lr] "
-    f"([{c.learning_rate_schedule_min_lr}, {c.learning_rate_schedule_max_lr}]) with learning_rate_schedule='ADAPTIVE_KL'",
-  )
-  if c.algorithm == "trpo":
-    require(
-      c.target_kl is None,
-      f"target_kl ({c.target_kl}) must be None with algorithm='trpo': TRPO bounds each step's "
-      "KL by trpo_max_kl instead of stopping epochs early",
-    )
-    require(
-      c.learning_rate_schedule != "ADAPTIVE_KL",
-      "learning_rate_schedule ('ADAPTIVE_KL') steers the policy's KL through the learning rate; "
-      "with algorithm='trpo' the learning rate moves only the value network",
-    )
-    require(
-      c.max_update_kl is None,
-      f"max_update_kl ({c.max_update_kl}) must be None with algorithm='trpo': TRPO's line "
-      "search already bounds each policy step by trpo_max_kl",
-    )

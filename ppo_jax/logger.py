@@ -1,4 +1,4 @@
-"""Host-side sinks only: the console (a progress bar), JSON lines, TensorBoard and, optionally,
+"""Host-side sinks only: the console (`ppo_jax.console`), JSON lines, TensorBoard and, optionally,
 Weights & Biases (`WandbSink`; the `wandb` package is imported only for a run that asks for it).
 
 Nothing here touches the device; `train` hands over numpy metrics once per chunk.
@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+
+from ppo_jax.console import Console
 
 METRICS_FILE = "metrics.jsonl"
 EVALS_FILE = "evals.jsonl"
@@ -293,7 +294,8 @@ class RunLogger:
   Args:
     run_dir: the run directory, or None for console only.
     total_steps: env steps of the whole run (for the progress bar and its ETA).
-    show_progress: draw a progress bar and a line per evaluation.
+    show_progress: draw a progress bar and a line per evaluation (alerts are shown either
+      way, see `ppo_jax.console`).
     panel: records carry several seeds; TensorBoard tags and eval lines then name the seed.
     wandb: a W&B run that gets what TensorBoard gets, and the final plot; None for none.
   """
@@ -314,24 +316,22 @@ class RunLogger:
       from tensorboardX import SummaryWriter
 
       self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR), flush_secs=30)
-    self.bar = (
-      tqdm(total=total_steps, unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.3)
-      if show_progress
-      else None
-    )
+    self.console = Console(total_steps, show_progress)
 
   def phase(self, name: str) -> None:
     """Shows the phase now running on the progress bar."""
-    if self.bar is not None:
-      self.bar.set_description_str(name, refresh=True)
+    self.console.phase(name)
 
   def start(self, env_steps: int) -> None:
-    if self.bar is not None:
-      self.bar.update(env_steps - self.bar.n)
+    self.console.start(env_steps)
 
   def message(self, text: str) -> None:
-    if self.bar is not None:
-      self.bar.write(text)
+    """A line on the console (flushed), above the progress bar; none without one."""
+    self.console.message(text)
+
+  def alert(self, text: str) -> None:
+    """A line that is shown with or without a progress bar (see `Console.alert`)."""
+    self.console.alert(text)
 
   def _tag(self, record: dict[str, Any], name: str) -> str:
     """The metric's tag; a panel's seeds get a subsection each, side by side in the section."""
@@ -353,22 +353,7 @@ class RunLogger:
     for record in records:
       keep = [n for n, v in record.items() if isinstance(v, int | float) and n not in NOT_METRICS]
       self._scalars(record, keep)
-    if self.bar is not None:
-      last = records[-1]
-      self.bar.update(last["env_steps"] - self.bar.n)
-      self.bar.set_postfix_str(
-        " ".join(
-          f"{label} {fmt.format(last[key])}"
-          for key, label, fmt in (
-            ("sps", "SPS", "{:,.0f}"),
-            ("episode_return", "return", "{:.1f}"),
-            ("approx_kl", "kl", "{:.4f}"),
-            ("clip_fraction", "clip", "{:.3f}"),
-          )
-          if last.get(key) is not None
-        ),
-        refresh=True,
-      )
+    self.console.progress(records[-1])
 
   def log_eval(self, record: dict[str, Any]) -> None:
     if self.evals is not None:
@@ -389,7 +374,6 @@ class RunLogger:
   def close(self, failed: bool = False) -> None:
     if self.tensorboard is not None:
       self.tensorboard.close()
-    if self.bar is not None:
-      self.bar.close()
+    self.console.close()
     if self.wandb is not None:
       self.wandb.close(failed)

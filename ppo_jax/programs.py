@@ -1,15 +1,18 @@
-"""The compiled programs of a run: the initial state, the training chunk and the evaluator.
+"""The compiled programs of a run: the initial state, the training chunk, the evaluator and the
+split of the evaluation keys.
 
 Each runs over the seeds of a panel (`over_seeds`), is laid out on the devices
 (`ppo_jax.sharding`) and is compiled ahead of the training loop: XLA compiles each program on a
-thread of its own while the next one is traced. JAX's persistent compilation cache
-(`use_compilation_cache`) lets a second run of the same programs load them instead of compiling
-them.
+thread of its own while the next one is traced. Nothing the loop runs is compiled after them, so
+a run never stalls in a compilation nobody announced. Every program is traced under the config's
+`matmul_precision`. JAX's persistent compilation cache (`use_compilation_cache`) lets a second
+run of the same programs load them instead of compiling them.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import os
@@ -95,6 +98,8 @@ class Programs:
     init: seed keys [S, 2] -> the panel's fresh TrainState.
     chunk: state -> (state, metrics [S, iterations_per_chunk, ...]); the state is donated.
     evaluator: (policies, keys [S, 2]) -> (Episodes, Trace), one evaluation per seed.
+    eval_keys: keys [S, 2] -> (the next keys [S, 2], this evaluation's keys [S, 2]), as
+      `jax.random.split` gives them.
     state: the state's shapes, dtypes and (on several devices) shardings.
     compile_seconds: seconds each program took to compile, by name.
   """
@@ -102,6 +107,7 @@ class Programs:
   init: jax.stages.Compiled
   chunk: jax.stages.Compiled
   evaluator: jax.stages.Compiled
+  eval_keys: jax.stages.Compiled
   state: Any
   compile_seconds: dict[str, float]
 
@@ -109,6 +115,18 @@ class Programs:
 def policies(state: TrainState) -> PolicySnapshot:
   """A panel's current policies, as the evaluator takes them."""
   return PolicySnapshot(state.params.policy, state.normalizer)
+
+
+def matmul_precision(cfg: PPOConfig) -> contextlib.AbstractContextManager:
+  """The context to trace a run's programs in: its float32 matrix products at
+  `cfg.matmul_precision` (JAX reads the setting when a product is traced)."""
+  return jax.default_matmul_precision(cfg.matmul_precision)
+
+
+def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(the next key, a key to use now) of one seed: `jax.random.split(key)`'s two rows."""
+  keys = jax.random.split(key)
+  return keys[0], keys[1]
 
 
 def over_seeds(fn: Callable[..., Any], num_seeds: int) -> Callable[..., Any]:
@@ -145,7 +163,7 @@ def lower_programs(
   Returns:
     ({name: what `lowered_fn` returned for it}, the state's shapes, dtypes and shardings).
   """
-  with sharding.mesh_context(layout):
+  with sharding.mesh_context(layout), matmul_precision(cfg):
     init = over_seeds(functools.partial(init_state, cfg, env, networks), len(seed_keys))
     state = jax.jit(init).trace(seed_keys).out_info  # traced once: `lower` below reuses it
     programs = {
@@ -160,6 +178,7 @@ def lower_programs(
         (policies(state), eval_key),
         {},
       ),
+      "eval_keys": (over_seeds(split_key, len(seed_keys)), (eval_key,), {}),
     }
     if layout is not None:
       state_sharding = layout.state(state)
@@ -169,6 +188,9 @@ def lower_programs(
       )
       programs["evaluator"][2].update(
         in_shardings=(layout.per_seed, layout.replicated), out_shardings=layout.replicated
+      )
+      programs["eval_keys"][2].update(
+        in_shardings=(layout.replicated,), out_shardings=layout.replicated
       )
       state = jax.tree.map(
         lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),

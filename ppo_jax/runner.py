@@ -9,7 +9,6 @@ them, evaluates, and starts a checkpoint (written in the background) when one is
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -21,63 +20,20 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs
-from ppo_jax import checkpoint, health, logger, phases, plot, sharding
+from ppo_jax import checkpoint, health, logger, phases, plot, run_info, sharding
 from ppo_jax.config import PPOConfig
 from ppo_jax.networks import make_policy
 from ppo_jax.programs import compile_programs, policies, use_compilation_cache
+from ppo_jax.result import TrainResult
 from ppo_jax.rollout import eval_metrics, summarize
-from ppo_jax.step import TrainState, make_env_and_networks
-from ppo_jax.types import ActorCriticParams
+from ppo_jax.step import make_env_and_networks
 
 Record = dict[str, Any]
-TIMINGS_FILE = "timings.json"
+TIMINGS_FILE = phases.TIMINGS_FILE
 
 
 class NonFiniteError(RuntimeError):
   """Training stopped: too many iterations in a row had NaN or Inf (see `nonfinite`)."""
-
-
-@dataclasses.dataclass
-class TrainResult:
-  """What `train` returns.
-
-  Attributes:
-    params: final network parameters.
-    normalizer: final observation statistics.
-    metrics: per-iteration numpy arrays; "<name>_per_epoch" ones are [iterations, epochs].
-    evals: per-evaluation numpy arrays ("env_steps", "eval/episode_return", ...).
-    policy: jittable deterministic policy(obs, key=None) -> action; it takes the env's own
-      observation (the whole dict of a dict observation; `load_policy` takes the policy's entry).
-    state: the final TrainState (on the device).
-    config: the config trained.
-    timings: seconds per phase of this process's run ("setup", "env", "compile", "init",
-      "train", "eval", "checkpoint", "log", "analysis", "save"), "unaccounted" and "wall".
-    compile_times: seconds each program ("init", "chunk", "evaluator") took, side by side.
-    health: the health report (label counts, largest-KL update and its comparison, trends).
-    run_dir: the run directory, if any.
-  """
-
-  params: ActorCriticParams
-  normalizer: Any
-  metrics: dict[str, np.ndarray]
-  evals: dict[str, np.ndarray]
-  policy: Callable[..., jax.Array]
-  state: TrainState
-  config: PPOConfig
-  timings: dict[str, float]
-  compile_times: dict[str, float]
-  health: dict[str, Any]
-  run_dir: Path | None = None
-
-  @property
-  def compile_seconds(self) -> float:
-    """Wall seconds spent compiling the run's programs."""
-    return self.timings.get("compile", 0.0)
-
-  @property
-  def train_seconds(self) -> float:
-    """Seconds spent in the training chunks (evaluations and the rest excluded)."""
-    return self.timings.get("train", 0.0)
 
 
 def _index(tree: Any, i: int) -> Any:
@@ -103,7 +59,7 @@ class Runner:
   ):
     self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
     envs.check_name(cfg.env)  # before a run directory is made for an env this process lacks
-    self.phases = phases.Phases()
+    self.phases = phases.Phases()  # $PPO_JAX_WATCHDOG_SECONDS is checked here
     self.layout = sharding.make_layout(cfg, devices)  # before anything is made or compiled
     # Of several processes, the first writes the run directory and the console; all of them
     # write their shards of each checkpoint.
@@ -117,16 +73,20 @@ class Runner:
       wandb = wandb if self.primary else None  # W&B, like the console, from the first process
       sink = wandb and logger.WandbSink(wandb, cfg.to_dict(), self.files, resume)
       self.log = logger.RunLogger(self.files, cfg.total_env_steps, show, panel=panel, wandb=sink)
-      self.phases.message, self.phases.status = self.log.message, self.log.phase
+      self.phases.message, self.phases.status = self.log.alert, self.log.phase
       self.checkpoints = checkpoint.Checkpointer(run_dir, cfg.keep_checkpoints) if run_dir else None
     with self.phases("env", f"{cfg.env} to be built"):
       self.env, self.networks = make_env_and_networks(cfg)
+    info = run_info.describe(cfg, self.env, devices or jax.devices()[:1])
+    if self.files is not None:
+      run_info.write(self.files, info)
+    self.log.message(run_info.line(info))
     self.seed_keys = self._put(np.stack([jax.random.PRNGKey(s) for s in self.seeds]))
     # Apart from init_state's keys.
     self.eval_key = self._put(
       np.stack([jax.random.fold_in(jax.random.PRNGKey(s), 1) for s in self.seeds])
     )
-    self.records, self.evals, self.wall_offset = [], [], 0.0
+    self.records, self.evals, self.wall_offset, self.chunk_timings = [], [], 0.0, []
 
   def _put(self, value: np.ndarray) -> jax.Array:
     """A host value as the programs take it: replicated on every device of the layout."""
@@ -139,12 +99,13 @@ class Runner:
   def compile(self) -> None:
     """Compiles the run's programs ahead of the loop (see `ppo_jax.programs`)."""
     layout = self.layout
-    what = "XLA to compile the initial state, the training chunk and the evaluator"
+    what = "XLA to compile the initial state, the training chunk and the evaluation"
     with self.phases("compile", what):
       compiled = compile_programs(
         self.cfg, self.env, self.networks, layout, self.seed_keys, self.eval_key
       )
     self.init, self.chunk, self.evaluator = compiled.init, compiled.chunk, compiled.evaluator
+    self.eval_keys = compiled.eval_keys
     self.abstract_state, self.compile_seconds = compiled.state, compiled.compile_seconds
     where = "" if layout is None else f" for {layout.num_devices} devices, split by {layout.axis}"
     each = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self.compile_seconds.items())
@@ -183,9 +144,8 @@ class Runner:
   def evaluate(self) -> list[Record]:
     """Evaluates every seed's policy (its mean action, one episode per env); a record per seed."""
     with self.phases("eval", f"{self.cfg.num_eval_envs} evaluation episodes"):
-      keys = jax.vmap(jax.random.split)(self.eval_key)
-      self.eval_key = keys[:, 0]
-      episodes = sharding.fetch(self.evaluator(policies(self.state), keys[:, 1])[0])
+      self.eval_key, key = self.eval_keys(self.eval_key)
+      episodes = sharding.fetch(self.evaluator(policies(self.state), key)[0])
     with self.phases("log", "evals.jsonl and TensorBoard"):
       env_steps = self.iteration * self.cfg.env_steps_per_iteration
       records = []
@@ -266,6 +226,7 @@ class Runner:
         progress_fn(records[-1])
     last_checkpoint = self.iteration
     for index in range(self.iteration // cfg.iterations_per_chunk, cfg.num_chunks):
+      before = dict(self.phases.totals)
       records = self.train_chunk(index)
       self.check_finite(records)
       evals = self.evaluate()
@@ -275,11 +236,22 @@ class Runner:
       if self.checkpoints is not None and (due or last):
         self.save_checkpoint()
         last_checkpoint = self.iteration
+      seconds = self.phases.since(before)
+      self.chunk_timings.append(phases.chunk_timings(index + 1, records[-1], seconds))
+      self.write_timings(complete=False)  # a run killed later keeps its totals
       if progress_fn is not None:
         progress_fn({**records[-1], **evals[-1]})
     if self.checkpoints is not None:
       with self.phases("checkpoint", "the last checkpoint's write"):
         self.checkpoints.wait()
+
+  def write_timings(self, complete: bool) -> dict[str, float]:
+    """The phases' totals so far (`Phases.summary`), also written to timings.json."""
+    timings = self.phases.summary()
+    if self.files is not None:
+      compile_seconds, chunks = self.compile_seconds, self.chunk_timings
+      phases.write_timings(self.files, timings, compile_seconds, chunks, complete)
+    return timings
 
   def write_health(self, comparisons: list[dict[str, Any] | None] | None = None) -> Record:
     report = health.panel_report(self.cfg, self.seeds, self.records, comparisons)
@@ -333,10 +305,7 @@ class Runner:
         )
         plot.plot_runs([self.files], self.files / plot.PLOT_FILE)
         self.log.log_plot(self.files / plot.PLOT_FILE)
-    timings = self.phases.summary()
-    if self.files is not None:
-      record = {"phases": timings, "compile": self.compile_seconds}
-      (self.run_dir / TIMINGS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    timings = self.write_timings(complete=True)
     self.log.message(phases.format_table(timings))
     state = _index(self.state, 0) if len(self.seeds) == 1 else self.state
     return TrainResult(

@@ -1,8 +1,10 @@
 """What many tests share: a config small enough to compile and train in seconds, a fresh
-train state, jitted steps with every state kept, and the environment of a training
-subprocess."""
+train state, jitted steps with every state kept, the environment of a training subprocess, and
+a count of what XLA compiles."""
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -80,3 +82,24 @@ def child_environment(cache: Path | None) -> dict[str, str]:
       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
     )
   return env
+
+
+# What JAX records for each program it hands to XLA, compiled or loaded from a persistent cache.
+BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compilations() -> Iterator[list[str]]:
+  """The names of the programs compiled (or loaded from the persistent cache) in the block; a
+  program JAX already holds in memory is not compiled again and does not count."""
+  names = []
+
+  def listen(event: str, seconds: float, **kwargs) -> None:
+    if event == BACKEND_COMPILE_EVENT:
+      names.append(kwargs.get("fun_name", "?"))
+
+  jax.monitoring.register_event_duration_secs_listener(listen)
+  try:
+    yield names
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listen)
