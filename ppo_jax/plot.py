@@ -255,7 +255,7 @@ def _panels(runs: list[Run]) -> list[tuple[Callable[..., Styles | None], str]]:
   figure's legend states them)."""
   panels = [
     (_plot_return, "Return"),
-    (_plot_kl, "Approx KL (k3): per epoch, and of the whole update"),
+    (_plot_kl, "KL: per epoch (k3), and of the whole update"),
     (_plot_clip_fraction, "Clip fraction"),
     (_plot_entropy, "Policy entropy and action std"),
     (_plot_safety, "Safety: termination rate and action saturation (rollout)"),

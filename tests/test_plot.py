@@ -171,7 +171,7 @@ def test_panels_have_their_lines_the_safety_panel_and_the_label_marks(tmp_path):
   panel_of = {title.split(":")[0].split(" (")[0]: axes for title, axes in by_panel.items()}
   expected = {  # panel -> metric lines it draws (from metrics.jsonl unless eval/)
     "Return": ["episode_return", "eval/episode_return"],
-    "Approx KL": ["approx_kl", "update_kl"],
+    "KL": ["approx_kl", "update_kl"],
     "Clip fraction": ["clip_fraction", "update_clip_fraction"],
     "Policy entropy and action std": ["entropy", "action_std", "action_std_min"],
     "Safety": ["termination_rate", "action_saturation", "eval/termination_rate"],
@@ -201,7 +201,7 @@ def test_panels_have_their_lines_the_safety_panel_and_the_label_marks(tmp_path):
   # Each label on its metric's panel, at that metric's value where it fired, and in the legend.
   by_step = {m["env_steps"]: m for m in metrics}
   for label, panel in [
-    ("kl_spike", "Approx KL"),
+    ("kl_spike", "KL"),
     ("clip_saturated", "Clip fraction"),
     ("clip_idle", "Clip fraction"),
     ("entropy_collapse", "Policy entropy and action std"),
@@ -239,7 +239,7 @@ def test_a_seed_panel_marks_each_seed_at_its_own_value(tmp_path):
     {"env_steps": 20, "seed": 1, "update_kl": 0.02, "label/kl_spike": None},
   ]
   (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  axes = panels(plot.make_figure([run_dir]))["Approx KL (k3): per epoch, and of the whole update"]
+  axes = panels(plot.make_figure([run_dir]))["KL: per epoch (k3), and of the whole update"]
   ((x, y),) = lines(axes, "update_kl")  # the seeds' mean
   np.testing.assert_allclose(y, [0.155, 0.11])
   ((x, y),) = lines(axes, "kl_spike")  # the seed that fired
