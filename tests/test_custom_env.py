@@ -15,6 +15,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from tiny import Interrupt, whole_and_resumed
 
 import envs
 import ppo_jax
@@ -32,10 +33,6 @@ def python_blocks() -> tuple[str, str]:
   (module,) = [b for b in blocks if "class SliderReach" in b]
   (script,) = [b for b in blocks if "train(cfg" in b]
   return module, script
-
-
-class Interrupt(Exception):
-  pass
 
 
 def docs_config():
@@ -67,15 +64,7 @@ def module(tmp_path, monkeypatch):
 def test_a_registered_env_trains_resumes_loads_evaluates_and_exports(module, monkeypatch, capsys):
   cfg = dataclasses.replace(docs_config(), num_timesteps=4096, num_evals=3)
   assert cfg.num_iterations == 4 and cfg.iterations_per_chunk == 2
-  whole = train(cfg, module / "whole", show_progress=False)
-
-  def stop_after_one_chunk(record):
-    if record["env_steps"] == cfg.iterations_per_chunk * cfg.env_steps_per_iteration:
-      raise Interrupt
-
-  with pytest.raises(Interrupt):
-    train(cfg, module / "cut", show_progress=False, progress_fn=stop_after_one_chunk)
-  resumed = train(cfg, module / "cut", resume=True, show_progress=False)
+  whole, resumed = whole_and_resumed(cfg, module)
   chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(whole.state))
 
   obs = np.array([[0.3, -0.1], [-0.9, 0.4]], np.float32)

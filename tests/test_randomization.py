@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tiny import fresh, tiny
+from tiny import fresh, tiny, whole_and_resumed
 
 import envs
 from envs import randomization
 from experiments import evaluate
-from ppo_jax import PPOConfig, checkpoint, train
+from ppo_jax import PPOConfig, checkpoint
 from ppo_jax.step import make_train_step
 
 RANDOMIZED = dict(randomization="cartpole")
@@ -128,10 +128,6 @@ def test_a_checkpointed_randomized_state_continues_bit_identically(tmp_path):
   chex.assert_trees_all_equal(straight.env_state.params, state.env_state.params)
 
 
-class Interrupt(Exception):
-  pass
-
-
 @pytest.mark.slow  # ~1 minute: three runs of the whole trainer
 def test_resume_is_bit_identical_and_the_trace_shows_each_envs_parameters(tmp_path, capsys):
   # Dict observations and randomization together; 2 chunks, each ends in a reset of every env.
@@ -142,15 +138,7 @@ def test_resume_is_bit_identical_and_the_trace_shows_each_envs_parameters(tmp_pa
     num_evals=3,
     num_resets_per_eval=1,
   )
-  whole = train(cfg, tmp_path / "whole", show_progress=False)
-
-  def stop_after_one_chunk(record):
-    if record["env_steps"] == cfg.iterations_per_chunk * cfg.env_steps_per_iteration:
-      raise Interrupt
-
-  with pytest.raises(Interrupt):
-    train(cfg, tmp_path / "cut", show_progress=False, progress_fn=stop_after_one_chunk)
-  resumed = train(cfg, tmp_path / "cut", resume=True, show_progress=False)
+  whole, resumed = whole_and_resumed(cfg, tmp_path)
   chex.assert_trees_all_equal(jax.device_get(resumed.state), jax.device_get(whole.state))
   assert set(resumed.state.env_state.params) == {
     "pole_mass",

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ppo_jax import PPOConfig, normalization, rollout
+from ppo_jax import PPOConfig, normalization, rollout, train
 from ppo_jax.step import init_state, make_env_and_networks, make_train_step
 
 
@@ -103,3 +103,25 @@ def compilations() -> Iterator[list[str]]:
     yield names
   finally:
     jax.monitoring.unregister_event_duration_listener(listen)
+
+
+class Interrupt(Exception):
+  """Raised from a progress_fn to stop a run as a kill would."""
+
+
+def whole_and_resumed(cfg: PPOConfig, directory: Path):
+  """(a run of `cfg` in directory/whole, the same run stopped after its first chunk in
+  directory/cut and resumed there): bit-identical resume makes their states equal."""
+  whole = train(cfg, directory / "whole", show_progress=False)
+
+  def stop_after_one_chunk(record):
+    if record["env_steps"] == cfg.iterations_per_chunk * cfg.env_steps_per_iteration:
+      raise Interrupt
+
+  try:
+    train(cfg, directory / "cut", show_progress=False, progress_fn=stop_after_one_chunk)
+  except Interrupt:
+    pass
+  else:
+    raise AssertionError("the run was not stopped after its first chunk")
+  return whole, train(cfg, directory / "cut", resume=True, show_progress=False)
